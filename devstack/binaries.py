@@ -1,0 +1,235 @@
+"""Find or build the Kubernetes binaries devstack runs: etcd, kube-apiserver, kubectl.
+
+Order of preference:
+
+1. ``KUBEBUILDER_ASSETS`` (setup-envtest's layout: one folder holding all three);
+2. a cached build under setup-envtest's data folder,
+   ``${XDG_DATA_HOME:-~/.local/share}/kubebuilder-envtest/k8s/<version>-linux-amd64/``;
+3. a build with ``go build`` through the Go module proxy.
+
+``k8s.io/kubernetes`` requires its staging modules at ``v0.0.0`` and replaces them with
+``./staging/...``; those replaces are ignored when it is a dependency, so the wrapper module
+replaces each one with its published ``v0.<minor>.<patch>`` release. The list is read from the
+served go.mod, not hard-coded. etcd's server module has relative replaces of its own, handled
+the same way in a second wrapper.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBE_VERSION = os.environ.get("DEVSTACK_KUBE_VERSION", "1.36.3")
+ETCD_VERSION = os.environ.get("DEVSTACK_ETCD_VERSION", "3.6.16")
+BINARIES = ("etcd", "kube-apiserver", "kubectl")
+
+
+class SetupError(RuntimeError):
+    """A set-up problem a person must fix; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Binaries:
+    folder: Path
+    source: str  # "KUBEBUILDER_ASSETS", "cache" or "built"
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+
+def _arch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(machine, machine)
+
+
+def cache_folder(version: str = KUBE_VERSION) -> Path:
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "kubebuilder-envtest" / "k8s" / f"{version}-linux-{_arch()}"
+
+
+def _complete(folder: Path) -> bool:
+    return all(os.access(folder / name, os.X_OK) for name in BINARIES)
+
+
+def ensure(log=print) -> Binaries:
+    """Return a folder holding etcd, kube-apiserver and kubectl, building them if needed."""
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets:
+        folder = Path(assets)
+        if not _complete(folder):
+            missing = [n for n in BINARIES if not os.access(folder / n, os.X_OK)]
+            raise SetupError(
+                f"KUBEBUILDER_ASSETS={assets} lacks {', '.join(missing)}; point it at a folder "
+                "holding etcd, kube-apiserver and kubectl, or unset it to use devstack's build"
+            )
+        return Binaries(folder, "KUBEBUILDER_ASSETS")
+    folder = cache_folder()
+    if _complete(folder):
+        return Binaries(folder, "cache")
+    build(folder, log=log)
+    return Binaries(folder, "built")
+
+
+# --- building -------------------------------------------------------------------------
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise SetupError(
+            "no Go toolchain on PATH and no cached Kubernetes binaries in "
+            f"{cache_folder()}: install Go (https://go.dev/doc/install; Debian: apt-get install "
+            "golang) or set KUBEBUILDER_ASSETS to a folder holding etcd, kube-apiserver and "
+            "kubectl (for example from setup-envtest)"
+        )
+    return go
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("CGO_ENABLED", "0")
+    env["CGO_ENABLED"] = "0"
+    env.setdefault("GOFLAGS", "-mod=mod")
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, log, what: str, count_lines: bool = False) -> str:
+    """Run a go command; on failure raise SetupError with the command and its last lines."""
+    tail: deque[str] = deque(maxlen=25)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=_go_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    out: list[str] = []
+    n = 0
+    last = start
+    for line in proc.stdout:
+        tail.append(line.rstrip())
+        out.append(line)
+        n += 1
+        now = time.monotonic()
+        if count_lines and now - last >= 15:
+            log(f"  {what}: {n} packages compiled, {now - start:.0f}s")
+            last = now
+    rc = proc.wait()
+    if rc != 0:
+        raise SetupError(
+            f"{what} failed (exit {rc}) in {cwd}:\n  $ {' '.join(cmd)}\n"
+            + "\n".join("  | " + t for t in tail)
+        )
+    return "".join(out)
+
+
+def _served_gomod(go: str, module: str, version: str, cwd: Path, log) -> str:
+    out = _run([go, "mod", "download", "-json", f"{module}@{version}"], cwd, log, f"download {module}")
+    return Path(json.loads(out)["GoMod"]).read_text()
+
+
+def staging_replaces(gomod: str, prefix: str, version: str) -> list[str]:
+    """Modules under ``prefix`` the served go.mod requires at v0.0.0 or replaces with a path."""
+    names: set[str] = set()
+    for m in re.finditer(rf"^\s*(?:replace\s+)?({re.escape(prefix)}\S*)\s+=>\s+\.\.?/", gomod, re.M):
+        names.add(m.group(1))
+    for m in re.finditer(rf"^\s*(?:require\s+)?({re.escape(prefix)}\S*)\s+v0\.0\.0\s*$", gomod, re.M):
+        names.add(m.group(1))
+    return [f"replace {n} => {n} {version}" for n in sorted(names)]
+
+
+def _godebug(gomod: str) -> str:
+    m = re.search(r"^godebug\s+.*$", gomod, re.M)
+    return m.group(0) if m else ""
+
+
+def _go_line(gomod: str) -> str:
+    m = re.search(r"^go\s+(\S+)", gomod, re.M)
+    return m.group(1) if m else "1.22"
+
+
+def _write_wrapper(folder: Path, module: str, gomod: str, replaces: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"module devstack/{module}", "", f"go {_go_line(gomod)}", _godebug(gomod), ""]
+    lines += replaces
+    (folder / "go.mod").write_text("\n".join(lines) + "\n")
+
+
+def _stamp(version: str) -> str:
+    major, minor = version.split(".")[:2]
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    flags = ["-s", "-w"]
+    for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {pkg}.gitVersion=v{version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+            f"-X {pkg}.buildDate={date}",
+        ]
+    return " ".join(flags)
+
+
+def build(dest: Path, log=print) -> None:
+    go = _go()
+    work = dest.parent / f".build-{dest.name}"
+    log(f"devstack: building Kubernetes v{KUBE_VERSION} and etcd v{ETCD_VERSION} with {go}")
+    log("  (first time only: several minutes; the result is cached in " + str(dest) + ")")
+    t0 = time.monotonic()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".bin-", dir=dest.parent))
+    try:
+        # kube-apiserver and kubectl
+        kdir = work / "kubernetes"
+        kdir.mkdir(parents=True, exist_ok=True)
+        gomod = _served_gomod(go, "k8s.io/kubernetes", f"v{KUBE_VERSION}", kdir, log)
+        minor_patch = KUBE_VERSION.split(".", 1)[1]
+        replaces = staging_replaces(gomod, "k8s.io/", f"v0.{minor_patch}")
+        log(f"  wrapper module replaces {len(replaces)} k8s.io staging modules with v0.{minor_patch}")
+        _write_wrapper(kdir, "kubebuild", gomod, replaces)
+        cmds = ["k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl"]
+        _run([go, "get", *(f"{c}@v{KUBE_VERSION}" for c in cmds)], kdir, log, "go get k8s.io/kubernetes")
+        for cmd in cmds:
+            name = cmd.rsplit("/", 1)[1]
+            log(f"  compiling {name} ...")
+            _run(
+                [go, "build", "-v", "-trimpath", "-ldflags", _stamp(KUBE_VERSION),
+                 "-o", str(staging / name), cmd],
+                kdir, log, f"go build {name}", count_lines=True,
+            )
+        # etcd
+        edir = work / "etcd"
+        edir.mkdir(parents=True, exist_ok=True)
+        egomod = _served_gomod(go, "go.etcd.io/etcd/server/v3", f"v{ETCD_VERSION}", edir, log)
+        _write_wrapper(edir, "etcdbuild", egomod, staging_replaces(egomod, "go.etcd.io/etcd/", f"v{ETCD_VERSION}"))
+        _run([go, "get", f"go.etcd.io/etcd/server/v3@v{ETCD_VERSION}"], edir, log, "go get etcd")
+        log("  compiling etcd ...")
+        _run(
+            [go, "build", "-v", "-trimpath", "-ldflags", "-s -w", "-o", str(staging / "etcd"),
+             "go.etcd.io/etcd/server/v3"],
+            edir, log, "go build etcd", count_lines=True,
+        )
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in BINARIES:
+            os.replace(staging / name, dest / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"devstack: binaries built in {time.monotonic() - t0:.0f}s -> {dest}")
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m devstack.binaries
+    try:
+        b = ensure()
+    except SetupError as e:
+        print(f"devstack: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(b.folder)
