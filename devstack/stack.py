@@ -45,6 +45,8 @@ class Proc:
     pid: int
     argv0: str
     log: str
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -144,6 +146,16 @@ def _tail(path: str, n: int = 20) -> str:
     return "\n".join("  | " + line for line in lines)
 
 
+# Processes this Python process started: right after fork, /proc/<pid>/cmdline still shows the
+# parent until exec, so start-up checks ask the Popen object rather than /proc.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _exited(proc: Proc) -> bool:
+    child = _children.get(proc.pid)
+    return child.poll() is not None if child is not None else not alive(proc)
+
+
 def _spawn(home: Path, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -153,13 +165,14 @@ def _spawn(home: Path, name: str, argv: list[str], env: dict[str, str] | None = 
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, start_new_session=True, cwd=home,
         )
-    return Proc(name, p.pid, Path(argv[0]).name, str(log))
+    _children[p.pid] = p
+    return Proc(name, p.pid, Path(argv[0]).name, str(log), list(argv), dict(env or {}))
 
 
 def _wait(proc: Proc, what: str, probe: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not alive(proc):
+        if _exited(proc):
             raise SetupError(f"{what} exited during start-up; last lines of {proc.log}:\n{_tail(proc.log)}")
         try:
             if probe():
@@ -366,6 +379,40 @@ def _start_mlflow(state: State, home: Path, port: int, log: Log) -> None:
     })
     state.processes.append(proc)
     _wait(proc, "the MLflow server", lambda: _http_ok(f"{state.mlflow_uri}/health"), 120)
+
+
+def stop_component(state: State, name: str) -> None:
+    """Stop one server of a running stack (tests of outages); ``start_component`` brings it back."""
+    for proc in state.processes:
+        if proc.name == name:
+            stop(proc)
+
+
+def start_component(state: State, name: str, timeout: float = 120) -> None:
+    """Start a stopped server again with the same command line, ports and data; wait until ready."""
+    probes: dict[str, Callable[[], bool]] = {
+        "mlflow": lambda: _http_ok(f"{state.mlflow_uri}/health"),
+        "weed": lambda: _s3_ready(state),
+    }
+    for i, proc in enumerate(state.processes):
+        if proc.name != name:
+            continue
+        if alive(proc):
+            return
+        again = _spawn(Path(state.home), name, proc.argv, proc.env)
+        state.processes[i] = again
+        state.save()
+        _wait(again, name, probes.get(name, lambda: True), timeout)
+        return
+    raise KeyError(name)
+
+
+def _s3_ready(state: State) -> bool:
+    from minio import Minio
+
+    client = Minio(state.s3_endpoint.split("://", 1)[1], access_key=state.s3_access_key,
+                   secret_key=state.s3_secret_key, secure=False)
+    return bool(client.bucket_exists(BUCKETS[0]))
 
 
 def down(home: Path | None = None, log: Log = print) -> bool:
