@@ -1,0 +1,188 @@
+"""The operator's exceptions: what went wrong, and whether waiting can fix it.
+
+::
+
+    PromoterError                 base; .message, .reason
+    ├── Rejected                  permanent: nothing changes until the spec (or the run) does
+    │   ├── InvalidSpec           a spec field is malformed           reason InvalidSpec
+    │   ├── RunNotFound           no such run on the tracking server   reason RunNotFound
+    │   ├── RunNotUsable          FAILED, KILLED or deleted run        reason RunNotUsable
+    │   ├── RunTimedOut           still running after the bound        reason RunNotFinished
+    │   ├── GatesFailed           a metric missed its gate             reason GatesFailed
+    │   ├── ModelNotFound         the run has no such model            reason ModelNotFound
+    │   ├── IncompatibleModel     the server cannot load the model     reason IncompatibleModel
+    │   ├── CredentialsProblem    Secret missing or lacks a key        reason CredentialsInvalid
+    │   └── ArtifactTampered      copy does not match its manifest     reason ArtifactTampered
+    └── Waiting                   temporary: retry after .delay seconds; .upstream names whom
+        ├── RunNotFinished        the run is still running             reason RunNotFinished
+        └── Unavailable           MLflow, S3 or the API server is down reason <Upstream>Unavailable
+
+The handlers turn ``Rejected`` into ``kopf.PermanentError`` and ``Waiting`` into
+``kopf.TemporaryError(delay=...)``; ``.reason`` is the CamelCase word used for conditions and
+Events. Constructors take names and numbers, never secret values, and every message passes
+through :func:`redact` so a URI with ``user:password@`` in it cannot leak into status or logs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+# userinfo in any scheme://user:pass@host URI; the password is what must never be shown.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+_UPSTREAM_NAMES = {"mlflow": "MLflow", "s3": "S3", "kubernetes": "the Kubernetes API"}
+
+
+def redact(text: str) -> str:
+    """Replace the userinfo of every URI in text with ``***``."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+class PromoterError(Exception):
+    """Base of every error the operator reports to a user."""
+
+    reason: str = "Error"
+
+    def __init__(self, message: str) -> None:
+        self.message = redact(message)
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Rejected(PromoterError):
+    """Permanent: retrying cannot help until the spec or the run changes."""
+
+    reason = "Rejected"
+
+
+class InvalidSpec(Rejected):
+    """A spec field failed validation; ``field`` is the path in the user's spelling."""
+
+    reason = "InvalidSpec"
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class RunNotFound(Rejected):
+    reason = "RunNotFound"
+
+    def __init__(self, run_id: str, tracking_uri: str) -> None:
+        self.run_id = run_id
+        self.tracking_uri = tracking_uri
+        super().__init__(f"run {run_id} not found on MLflow at {tracking_uri}")
+
+
+class RunNotUsable(Rejected):
+    """The run ended badly (FAILED, KILLED) or was deleted; its model is not promotable."""
+
+    reason = "RunNotUsable"
+
+    def __init__(self, run_id: str, status: str, detail: str = "") -> None:
+        self.run_id = run_id
+        self.status = status
+        self.detail = detail
+        message = f"run {run_id} cannot be promoted: it is {status}"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class RunTimedOut(Rejected):
+    """Still running after the operator's bound; shares the reason of the waiting it ends."""
+
+    reason = "RunNotFinished"
+
+    def __init__(self, run_id: str, waited_seconds: float) -> None:
+        self.run_id = run_id
+        self.waited_seconds = waited_seconds
+        super().__init__(
+            f"run {run_id} is still not finished after {waited_seconds:.0f}s; "
+            "gave up waiting (change the spec to try again)"
+        )
+
+
+class GatesFailed(Rejected):
+    """``summary`` is the verdict's sentence, e.g. ``gate failed: rmse 0.91 is not <= 0.8``."""
+
+    reason = "GatesFailed"
+
+    def __init__(self, summary: str) -> None:
+        self.summary = summary
+        super().__init__(summary)
+
+
+class ModelNotFound(Rejected):
+    reason = "ModelNotFound"
+
+    def __init__(self, run_id: str, model_name: str, looked_in: Sequence[str]) -> None:
+        self.run_id = run_id
+        self.model_name = model_name
+        self.looked_in = list(looked_in)
+        where = ", ".join(self.looked_in) if self.looked_in else "nowhere"
+        super().__init__(f"model {model_name!r} of run {run_id} not found; looked in: {where}")
+
+
+class IncompatibleModel(Rejected):
+    """The chosen Seldon server cannot load the model; ``fix`` says what to change."""
+
+    reason = "IncompatibleModel"
+
+    def __init__(self, problem: str, fix: str) -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem}; to fix: {fix}")
+
+
+class CredentialsProblem(Rejected):
+    """Names the Secret and the key at fault; it is never given a value to leak."""
+
+    reason = "CredentialsInvalid"
+
+    def __init__(self, secret: str, problem: str) -> None:
+        self.secret = secret
+        self.problem = problem
+        super().__init__(f"Secret {secret}: {problem}")
+
+
+class ArtifactTampered(Rejected):
+    reason = "ArtifactTampered"
+
+    def __init__(self, uri: str, detail: str) -> None:
+        self.uri = uri
+        self.detail = detail
+        super().__init__(f"artifact at {uri} does not match its manifest: {detail}")
+
+
+class Waiting(PromoterError):
+    """Temporary: try again after ``delay`` seconds; ``upstream`` is what is waited for."""
+
+    reason = "Waiting"
+
+    def __init__(self, message: str, upstream: str, delay: float) -> None:
+        self.upstream = upstream
+        self.delay = delay
+        super().__init__(message)
+
+
+class RunNotFinished(Waiting):
+    reason = "RunNotFinished"
+
+    def __init__(self, run_id: str, status: str, delay: float = 30.0) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"run {run_id} is {status}; waiting for it to finish", "mlflow", delay)
+
+
+class Unavailable(Waiting):
+    """``upstream`` is "mlflow", "s3" or "kubernetes"; the reason is e.g. ``S3Unavailable``."""
+
+    def __init__(self, upstream: str, detail: str, delay: float = 10.0) -> None:
+        self.detail = detail
+        # An instance attribute, because the reason depends on the upstream.
+        self.reason = f"{upstream[:1].upper()}{upstream[1:].lower()}Unavailable"
+        name = _UPSTREAM_NAMES.get(upstream, upstream)
+        super().__init__(f"{name} is unavailable: {detail}; retrying in {delay:g}s", upstream, delay)
