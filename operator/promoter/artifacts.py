@@ -1,0 +1,335 @@
+"""The S3 side: copy a model folder into the target bucket, verify it, write its manifest.
+
+The copy lands under ``<prefix>/<runId>/``. The manifest (``promotion-manifest.json``: each
+file's path, size, sha256 and ETag) is written last, after every file was read back and
+hashed, so a prefix with a manifest is a complete, verified copy; one without is not, and a
+later reconcile copies it again. A verified copy already there is reused without a write.
+
+Same endpoint and same credentials: S3 CopyObject, no model bytes through the operator
+(only the read-back that hashes them). Otherwise: a streamed copy, one part at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
+from urllib.parse import urlparse
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import ComposeSource, CopySource
+from minio.error import S3Error
+
+from .errors import ArtifactTampered, CredentialsProblem, ModelNotFound, Unavailable
+
+MANIFEST = "promotion-manifest.json"
+PART_SIZE = 16 * 1024 * 1024
+CHUNK = 1024 * 1024
+COPY_OBJECT_LIMIT = 5 * 1024**3
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+
+Progress = Callable[[int, int, int, int], None]
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str = ""
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    files: int
+    bytes: int
+    digest: str
+    manifest_key: str
+    mode: str  # "reused", "server-side" or "streamed"
+    bytes_through: int  # model bytes that passed through the operator to be written
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+class Store:
+    """One S3 endpoint with one set of credentials; ``who`` names the Secret for messages."""
+
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, who: str,
+                 timeout: float = 10.0, retry_delay: float = 10.0) -> None:
+        parsed = urlparse(endpoint)
+        self.endpoint = endpoint.rstrip("/")
+        self.who = who
+        self.retry_delay = retry_delay
+        self._identity = hashlib.sha256(f"{access_key}\0{secret_key}".encode()).hexdigest()
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=timeout, read=max(timeout, 60.0)),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
+            maxsize=16,
+        )
+        self.client = Minio(parsed.netloc, access_key=access_key, secret_key=secret_key,
+                            secure=parsed.scheme == "https", region="us-east-1", http_client=http)
+
+    def same_as(self, other: Store) -> bool:
+        """Same endpoint and same identity: a CopyObject from one to the other works."""
+        return self.endpoint == other.endpoint and self._identity == other._identity
+
+    def call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run one S3 call, turning its failures into the operator's two error kinds."""
+        try:
+            return fn()
+        except S3Error as e:
+            if e.code in _DENIED:
+                raise CredentialsProblem(self.who, f"S3 at {self.endpoint} refused it for {what} "
+                                         f"({e.code})") from None
+            if e.code == "NoSuchBucket":
+                raise Unavailable("s3", f"bucket {e.bucket_name!r} does not exist at {self.endpoint} "
+                                  "(create it)", max(self.retry_delay, 60.0)) from None
+            raise Unavailable("s3", f"S3 at {self.endpoint} answered {e.code} for {what}",
+                              self.retry_delay) from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise Unavailable("s3", f"cannot reach S3 at {self.endpoint} for {what}: "
+                              f"{type(e).__name__}", self.retry_delay) from None
+
+    def list(self, bucket: str, prefix: str) -> dict[str, FileEntry]:
+        prefix = prefix.rstrip("/") + "/"
+
+        def run() -> dict[str, FileEntry]:
+            return {
+                o.object_name[len(prefix):]: FileEntry(o.object_name[len(prefix):], int(o.size or 0),
+                                                       etag=(o.etag or "").strip('"'))
+                for o in self.client.list_objects(bucket, prefix=prefix, recursive=True)
+                if o.object_name and not o.is_dir
+            }
+
+        return dict(self.call(f"listing s3://{bucket}/{prefix}", run))
+
+    def read(self, bucket: str, key: str, limit: int = 4 * 1024 * 1024) -> bytes | None:
+        """A small object's bytes, or None when it does not exist."""
+
+        def run() -> bytes | None:
+            try:
+                response = self.client.get_object(bucket, key)
+            except S3Error as e:
+                if e.code in ("NoSuchKey", "NoSuchObject"):
+                    return None
+                raise
+            try:
+                return bytes(response.read(limit + 1)[:limit])
+            finally:
+                response.close()
+                response.release_conn()
+
+        result = self.call(f"reading s3://{bucket}/{key}", run)
+        return result if result is None else bytes(result)
+
+    def hash(self, bucket: str, key: str, on_chunk: Callable[[int], None] | None = None) -> tuple[str, int]:
+        def run() -> tuple[str, int]:
+            digest, size = hashlib.sha256(), 0
+            response = self.client.get_object(bucket, key)
+            try:
+                for chunk in response.stream(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if on_chunk:
+                        on_chunk(len(chunk))
+            finally:
+                response.close()
+                response.release_conn()
+            return digest.hexdigest(), size
+
+        result: tuple[str, int] = self.call(f"reading s3://{bucket}/{key}", run)
+        return result
+
+
+class _HashingReader:
+    """Wraps a response stream: hashes what passes, counts it, reports progress."""
+
+    def __init__(self, raw: BinaryIO, on_chunk: Callable[[int], None]) -> None:
+        self.raw, self.on_chunk = raw, on_chunk
+        self.digest, self.size = hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        self.size += len(data)
+        self.on_chunk(len(data))
+        return bytes(data)
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """The model's files in the MLflow artifact store: ``store``, ``bucket``, ``prefix``."""
+
+    store: Store
+    bucket: str
+    prefix: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def files(self) -> dict[str, FileEntry]:
+        return self.store.list(self.bucket, self.prefix)
+
+    def read(self, path: str) -> bytes | None:
+        return self.store.read(self.bucket, f"{self.prefix}/{path}")
+
+
+def locate(candidates: Iterable[tuple[Store, str]], run_id: str, model_name: str
+           ) -> tuple[ModelFolder, dict[str, FileEntry]]:
+    """The first candidate s3:// URI that holds an MLmodel; ModelNotFound naming all tried."""
+    tried: list[str] = []
+    for store, uri in candidates:
+        tried.append(uri)
+        try:
+            bucket, prefix = parse_s3_uri(uri)
+        except ValueError:
+            continue
+        folder = ModelFolder(store, bucket, prefix.rstrip("/"))
+        files = folder.files()
+        if "MLmodel" in files:
+            return folder, files
+    raise ModelNotFound(run_id, model_name, tried)
+
+
+class Copier:
+    def __init__(self, target: Store, bucket: str, prefix: str, concurrency: int = 4) -> None:
+        self.target, self.bucket = target, bucket
+        self.prefix = prefix.rstrip("/")
+        self.concurrency = concurrency
+        self.manifest_key = f"{self.prefix}/{MANIFEST}"
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def existing(self, source_files: dict[str, FileEntry] | None = None) -> CopyResult | None:
+        """A verified copy already there, or None; ArtifactTampered when it was changed."""
+        raw = self.target.read(self.bucket, self.manifest_key)
+        if raw is None:
+            return None
+        try:
+            manifest = json.loads(raw)
+            entries = [FileEntry(**f) for f in manifest["files"]]
+        except (ValueError, KeyError, TypeError):
+            raise ArtifactTampered(self.uri, f"{MANIFEST} is not a valid manifest") from None
+        present = self.target.list(self.bucket, self.prefix)
+        present.pop(MANIFEST, None)
+        problems = []
+        for entry in entries:
+            found = present.pop(entry.path, None)
+            if found is None:
+                problems.append(f"{entry.path} is missing")
+            elif found.size != entry.size or (entry.etag and found.etag != entry.etag):
+                problems.append(f"{entry.path} changed (size {found.size}, manifest says {entry.size})")
+        problems += [f"unexpected file {p}" for p in sorted(present)]
+        if source_files is not None:
+            want = {p: f.size for p, f in source_files.items()}
+            have = {e.path: e.size for e in entries}
+            if want != have:
+                problems.append("the source model's files differ from the copy")
+        if problems:
+            raise ArtifactTampered(self.uri, "; ".join(problems[:5]))
+        return CopyResult(len(entries), sum(e.size for e in entries), _digest(raw),
+                          self.manifest_key, "reused", 0)
+
+    def copy(self, source: ModelFolder, files: dict[str, FileEntry], meta: dict[str, str],
+             on_progress: Progress | None = None) -> CopyResult:
+        server_side = source.store.same_as(self.target)
+        total_bytes = sum(f.size for f in files.values())
+        lock = threading.Lock()
+        done = {"files": 0, "bytes": 0, "through": 0}
+
+        def tick(n: int) -> None:
+            with lock:
+                done["bytes"] += n
+
+        def one(entry: FileEntry) -> FileEntry:
+            src_key, dst_key = f"{source.prefix}/{entry.path}", f"{self.prefix}/{entry.path}"
+            streamed_sha = ""
+            if server_side:
+                copy_src: Any
+                if entry.size <= COPY_OBJECT_LIMIT:
+                    copy_src = CopySource(source.bucket, src_key)
+                    self.target.call(f"copying {src_key}",
+                                     lambda: self.target.client.copy_object(self.bucket, dst_key, copy_src))
+                else:
+                    copy_src = [ComposeSource(source.bucket, src_key)]
+                    self.target.call(f"copying {src_key}",
+                                     lambda: self.target.client.compose_object(self.bucket, dst_key, copy_src))
+            else:
+                streamed_sha = self._stream(source, src_key, dst_key, entry.size, tick)
+                with lock:
+                    done["through"] += entry.size
+            sha, size = self.target.hash(self.bucket, dst_key, None if not server_side else tick)
+            if size != entry.size or (streamed_sha and streamed_sha != sha):
+                raise Unavailable("s3", f"read-back of {dst_key} did not match what was copied "
+                                  f"({size} of {entry.size} bytes)", self.target.retry_delay)
+            with lock:
+                done["files"] += 1
+            if on_progress:
+                on_progress(done["files"], len(files), done["bytes"], total_bytes)
+            return FileEntry(entry.path, size, sha)
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            copied = list(pool.map(one, sorted(files.values(), key=lambda f: f.path)))
+        present = self.target.list(self.bucket, self.prefix)
+        entries = [FileEntry(e.path, e.size, e.sha256, present[e.path].etag if e.path in present else "")
+                   for e in copied]
+        raw = render_manifest(entries, {**meta, "source": source.uri})
+        self.target.call("writing the manifest", lambda: self.target.client.put_object(
+            self.bucket, self.manifest_key, cast(BinaryIO, _BytesReader(raw)), len(raw),
+            content_type="application/json"))
+        return CopyResult(len(entries), total_bytes, _digest(raw), self.manifest_key,
+                          "server-side" if server_side else "streamed", done["through"])
+
+    def _stream(self, source: ModelFolder, src_key: str, dst_key: str, size: int,
+                tick: Callable[[int], None]) -> str:
+        def run() -> str:
+            response = source.store.client.get_object(source.bucket, src_key)
+            try:
+                reader = _HashingReader(cast(BinaryIO, response), tick)
+                self.target.client.put_object(self.bucket, dst_key, cast(BinaryIO, reader), size, part_size=PART_SIZE)
+                return reader.digest.hexdigest()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return str(self.target.call(f"streaming {src_key}", run))
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n < 0 else self.pos + n
+        chunk = self.data[self.pos:end]
+        self.pos += len(chunk)
+        return chunk
+
+
+def render_manifest(entries: list[FileEntry], meta: dict[str, str]) -> bytes:
+    """Deterministic: the same files give the same bytes, hence the same digest."""
+    body = {
+        "apiVersion": "mlops.dev/v1alpha1",
+        "kind": "PromotionManifest",
+        **{k: meta[k] for k in sorted(meta)},
+        "files": [{"path": e.path, "size": e.size, "sha256": e.sha256, "etag": e.etag}
+                  for e in sorted(entries, key=lambda e: e.path)],
+    }
+    return (json.dumps(body, indent=2, sort_keys=False) + "\n").encode()
+
+
+def _digest(raw: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw).hexdigest()

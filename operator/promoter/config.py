@@ -1,0 +1,92 @@
+"""Operator settings, read once from the environment at start-up.
+
+Every setting has a default that suits an in-cluster install next to the seed's MLflow and
+MinIO; the README's configuration reference lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A setting has a value the operator cannot use; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: must be a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value}: must be between {low} and {high}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: must be a number of seconds") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value}: must be between {low} and {high}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={value!r}: must start with http:// or https://")
+    return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    tracking_uri: str = "http://mlflow.mlflow.svc:5000"
+    storage_endpoint: str = "http://minio.minio-system.svc.cluster.local:9000"
+    storage_secret: str = "minio-credentials"
+    # Where MLflow's s3:// artifacts live; the target storage endpoint unless set.
+    artifact_endpoint: str = ""
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    http_timeout: float = 10.0
+    run_wait_timeout: float = 3600.0
+    retry_delay: float = 10.0
+    copy_concurrency: int = 4
+    workers: int = 8
+    drift_interval: float = 300.0
+    metrics_port: int = 8080
+
+    @property
+    def artifact_s3_endpoint(self) -> str:
+        return self.artifact_endpoint or self.storage_endpoint
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    namespaces = tuple(n.strip() for n in env.get("PROMOTER_NAMESPACES", "").split(",") if n.strip())
+    storage = _url(env, "PROMOTER_STORAGE_ENDPOINT", Settings.storage_endpoint)
+    artifact = env.get("PROMOTER_ARTIFACT_S3_ENDPOINT", "")
+    if artifact:
+        artifact = _url(env, "PROMOTER_ARTIFACT_S3_ENDPOINT", artifact)
+    return Settings(
+        tracking_uri=_url(env, "PROMOTER_TRACKING_URI", Settings.tracking_uri),
+        storage_endpoint=storage,
+        storage_secret=env.get("PROMOTER_STORAGE_SECRET") or Settings.storage_secret,
+        artifact_endpoint=artifact,
+        namespaces=namespaces,
+        http_timeout=_float(env, "PROMOTER_HTTP_TIMEOUT", Settings.http_timeout, 0.5, 300),
+        run_wait_timeout=_float(env, "PROMOTER_RUN_WAIT_TIMEOUT", Settings.run_wait_timeout, 1, 7 * 86400),
+        retry_delay=_float(env, "PROMOTER_RETRY_DELAY", Settings.retry_delay, 0.1, 3600),
+        copy_concurrency=_int(env, "PROMOTER_COPY_CONCURRENCY", Settings.copy_concurrency, 1, 64),
+        workers=_int(env, "PROMOTER_WORKERS", Settings.workers, 1, 128),
+        drift_interval=_float(env, "PROMOTER_DRIFT_INTERVAL", Settings.drift_interval, 5, 86400),
+        metrics_port=_int(env, "PROMOTER_METRICS_PORT", Settings.metrics_port, 0, 65535),
+    )

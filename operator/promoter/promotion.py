@@ -1,0 +1,401 @@
+"""One reconcile of a ModelPromotion, for create, update, resume and the drift timer alike.
+
+A new generation of the spec goes through every step::
+
+    parse spec -> run on MLflow (finished?) -> gates -> find the model, read MLmodel
+      -> verified copy under <prefix>/<runId>/ (or reuse one) -> rclone Secret
+      -> SeldonDeployment (marks the promotion it took over from Superseded) -> Promoted
+
+A generation already decided is cheap: Rejected and Superseded stay as they are; Promoted
+checks that its copy still matches the manifest and its children still say what it wrote,
+restoring a deleted or edited child, and writing nothing when all is in order.
+
+The outcome is data (status fields, Events, whether to retry); ``handlers`` applies it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from . import gates, seldon
+from .artifacts import Copier, CopyResult, ModelFolder, Store, locate
+from .config import Settings
+from .errors import (
+    ArtifactTampered,
+    CredentialsProblem,
+    GatesFailed,
+    PromoterError,
+    Rejected,
+    RunNotFinished,
+    RunNotUsable,
+    RunTimedOut,
+    Waiting,
+)
+from .kube import Kube
+from .metrics import Metrics
+from .mlflow_source import Auth, MlflowClient
+from .spec import (
+    Artifact,
+    Condition,
+    ModelPromotionSpec,
+    Phase,
+    Progress,
+    PromotionStatus,
+    model_uri,
+    object_prefix,
+    parse_spec,
+    set_condition,
+)
+
+PROMOTION_ANNOTATION = "mlops.dev/promotion"
+RUN_ANNOTATION = "mlops.dev/run-id"
+DIGEST_ANNOTATION = "mlops.dev/artifact-digest"
+S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+PROGRESS_EVERY = 2.0  # seconds between progress patches while copying
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any] = field(default_factory=dict)  # changed status fields only
+    events: list[Event] = field(default_factory=list)
+    retry: Waiting | None = None
+    rejected: Rejected | None = None
+
+
+@dataclass
+class Context:
+    settings: Settings
+    kube: Kube
+    metrics: Metrics
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Status:
+    """The status being built: starts from what is stored, diffs against it at the end."""
+
+    def __init__(self, stored: Mapping[str, Any], generation: int) -> None:
+        self.stored = {k: v for k, v in stored.items() if k != "kopf"}
+        self.model = PromotionStatus.model_validate(self.stored) if self.stored else PromotionStatus()
+        self.generation = generation
+        self.clear: set[str] = set()
+
+    def condition(self, type_: str, status: str, reason: str, message: str = "") -> None:
+        self.model.conditions = set_condition(
+            self.model.conditions,
+            Condition(type=type_, status=status, reason=reason, message=message,  # type: ignore[arg-type]
+                      observed_generation=self.generation),
+            now(),
+        )
+
+    def changes(self) -> dict[str, Any]:
+        new = self.model.model_dump(by_alias=True, exclude_none=True, mode="json")
+        out = {k: v for k, v in new.items() if self.stored.get(k) != v}
+        for key in self.clear:  # a merge patch null deletes; harmless when absent
+            if key not in new:
+                out[key] = None
+        return out
+
+
+def reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:
+    """``waited``: seconds this generation has been retried for (kopf's runtime)."""
+    meta = body.get("metadata", {})
+    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+    generation = int(meta.get("generation") or 0)
+    st = _Status(body.get("status") or {}, generation)
+    settled = st.model.observed_generation == generation
+    try:
+        spec = parse_spec(body.get("spec") or {})
+        if settled and st.model.phase in (Phase.REJECTED, Phase.SUPERSEDED, Phase.FAILED):
+            return Outcome()
+        if settled and st.model.phase is Phase.PROMOTED:
+            return _check_promoted(ctx, namespace, name, spec, st)
+        return _promote(ctx, namespace, name, spec, st, waited)
+    except Rejected as e:
+        return _rejected(ctx, st, e)
+    except Waiting as e:
+        return _waiting(ctx, st, e)
+
+
+# --- outcomes ---------------------------------------------------------------------------
+
+
+def _rejected(ctx: Context, st: _Status, e: Rejected) -> Outcome:
+    phase = Phase.FAILED if e.reason == "ArtifactTampered" else Phase.REJECTED
+    before = (st.model.phase, st.model.message)
+    st.model.phase, st.model.message = phase, e.message
+    st.model.observed_generation = st.generation
+    st.model.progress = None
+    st.clear.add("progress")
+    st.condition("Ready", "False", e.reason, e.message)
+    st.condition("Reconciling", "False", e.reason)
+    st.condition("Stalled", "True", e.reason, e.message)
+    if e.reason == "GatesFailed":
+        st.condition("GatesPassed", "False", "GatesFailed", e.message)
+    ctx.metrics.outcome(phase.value)
+    events = [] if before == (phase, e.message) else [Event("Warning", e.reason, e.message)]
+    return Outcome(st.changes(), events, rejected=e)
+
+
+def _waiting(ctx: Context, st: _Status, e: Waiting) -> Outcome:
+    ctx.metrics.upstream_error(e.upstream)
+    before = next((c.reason for c in st.model.conditions if c.type == "Reconciling"), None)
+    st.model.message = e.message
+    st.condition("Ready", "False", e.reason, e.message)
+    st.condition("Reconciling", "True", e.reason, e.message)
+    st.condition("Stalled", "False", e.reason)
+    events = [] if before == e.reason else [Event("Normal", e.reason, e.message)]
+    return Outcome(st.changes(), events, retry=e)
+
+
+# --- a new generation -------------------------------------------------------------------
+
+
+def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, st: _Status,
+             waited: float) -> Outcome:
+    s = ctx.settings
+    st.model.run_id = spec.source.run_id
+    st.model.deployment = spec.target.seldon_deployment.name
+    if st.model.phase in (Phase.PROMOTED, Phase.REJECTED, Phase.SUPERSEDED, Phase.FAILED):
+        st.model.phase = Phase.PENDING  # a new generation starts over
+    st.model.superseded_by = None
+    st.clear.add("supersededBy")
+
+    mlflow_env = _secret(ctx, namespace, spec.source.credentials_secret_ref, "spec.source.credentialsSecretRef")
+    tracking_uri = spec.source.tracking_uri or s.tracking_uri
+    client = MlflowClient(tracking_uri, s.http_timeout, _auth(mlflow_env), s.retry_delay)
+    try:
+        run = client.get_run(spec.source.run_id)
+        if run.lifecycle_stage == "deleted":
+            raise RunNotUsable(run.run_id, "deleted", "restore it in MLflow or promote another run")
+        if run.status in ("FAILED", "KILLED"):
+            raise RunNotUsable(run.run_id, run.status)
+        if run.status != "FINISHED":
+            if waited > s.run_wait_timeout:
+                raise RunTimedOut(run.run_id, waited)
+            raise RunNotFinished(run.run_id, run.status, delay=min(30.0, s.retry_delay * 3))
+
+        verdict = gates.evaluate(spec.gates, run.metrics)
+        st.model.gates = list(verdict.results)
+        st.model.gate_summary = verdict.summary
+        if not verdict.passed:
+            raise GatesFailed(verdict.message)
+        st.condition("GatesPassed", "True", "GatesPassed", verdict.message)
+
+        target, source_store = _stores(ctx, namespace, spec, mlflow_env)
+        candidates = [(source_store, loc.uri) for loc in client.model_candidates(run, spec.source.model_name)]
+    finally:
+        client.close()
+    folder, files = locate(candidates, run.run_id, spec.source.model_name)
+    mlmodel = yaml.safe_load(folder.read("MLmodel") or b"") or {}
+    seldon.check_model_compatibility(mlmodel if isinstance(mlmodel, dict) else {}, list(files),
+                                     spec.target.seldon_deployment.implementation,
+                                     spec.target.seldon_deployment.protocol)
+
+    copier = Copier(target, spec.target.storage.bucket, object_prefix(spec), s.copy_concurrency)
+    result = _copy(ctx, namespace, name, copier, folder, files, spec)
+    st.model.model_uri = model_uri(spec)
+    st.model.artifact = Artifact(files=result.files, bytes=result.bytes, digest=result.digest,
+                                 manifest=result.manifest_key)
+    st.model.progress = None
+    st.clear.add("progress")
+    st.condition("ArtifactCopied", "True", "Verified" if result.mode != "reused" else "Reused",
+                 f"{result.files} files, {result.bytes} bytes at {st.model.model_uri} ({result.mode})")
+
+    previous = _deploy(ctx, namespace, name, spec, result.digest)
+    message = (f"promoted: {verdict.message.removeprefix('gates passed: ')}; "
+               f"{spec.target.seldon_deployment.name} now serves run {spec.source.run_id}")
+    st.model.phase = Phase.PROMOTED
+    st.model.message = message
+    st.model.observed_generation = st.generation
+    st.condition("Deployed", "True", "Deployed",
+                 f"SeldonDeployment {spec.target.seldon_deployment.name} serves {st.model.model_uri}")
+    st.condition("Ready", "True", "Promoted", message)
+    st.condition("Reconciling", "False", "Promoted")
+    st.condition("Stalled", "False", "Promoted")
+    events = [Event("Normal", "Promoted", message)]
+    if previous:
+        events.append(Event("Normal", "TookOver", f"{spec.target.seldon_deployment.name} was served by "
+                            f"ModelPromotion {previous}, now marked Superseded"))
+    ctx.metrics.outcome(Phase.PROMOTED.value)
+    return Outcome(st.changes(), events)
+
+
+def _secret(ctx: Context, namespace: str, ref: Any, field_path: str) -> dict[str, str]:
+    if ref is None:
+        return {}
+    return ctx.kube.secret_data(namespace, ref.name, field_path)
+
+
+def _auth(env: Mapping[str, str]) -> Auth:
+    return Auth(env.get("MLFLOW_TRACKING_USERNAME", ""), env.get("MLFLOW_TRACKING_PASSWORD", ""),
+                env.get("MLFLOW_TRACKING_TOKEN", ""))
+
+
+def _storage_keys(ctx: Context, namespace: str, spec: ModelPromotionSpec) -> tuple[str, str, str]:
+    ref = spec.target.storage.credentials_secret_ref
+    name = ref.name if ref else ctx.settings.storage_secret
+    field_path = "spec.target.storage.credentialsSecretRef" if ref else "operator default PROMOTER_STORAGE_SECRET"
+    data = ctx.kube.secret_data(namespace, name, field_path)
+    missing = [k for k in S3_KEYS if not data.get(k)]
+    if missing:
+        raise CredentialsProblem(f"{namespace}/{name} ({field_path})", f"has no key {', '.join(missing)}")
+    return data[S3_KEYS[0]], data[S3_KEYS[1]], f"{namespace}/{name}"
+
+
+def _stores(ctx: Context, namespace: str, spec: ModelPromotionSpec,
+            mlflow_env: Mapping[str, str]) -> tuple[Store, Store]:
+    s = ctx.settings
+    access, secret, who = _storage_keys(ctx, namespace, spec)
+    endpoint = spec.target.storage.endpoint or s.storage_endpoint
+    target = Store(endpoint, access, secret, who, s.http_timeout, s.retry_delay)
+    src_endpoint = mlflow_env.get("MLFLOW_S3_ENDPOINT_URL") or s.artifact_s3_endpoint
+    if all(mlflow_env.get(k) for k in S3_KEYS):
+        ref = spec.source.credentials_secret_ref
+        source = Store(src_endpoint, mlflow_env[S3_KEYS[0]], mlflow_env[S3_KEYS[1]],
+                       f"{namespace}/{ref.name if ref else ''}", s.http_timeout, s.retry_delay)
+    else:
+        source = Store(src_endpoint, access, secret, who, s.http_timeout, s.retry_delay)
+    return target, source
+
+
+def _copy(ctx: Context, namespace: str, name: str, copier: Copier, folder: ModelFolder,
+          files: Mapping[str, Any], spec: ModelPromotionSpec) -> CopyResult:
+    reused = copier.existing(dict(files))
+    if reused is not None:
+        return reused
+    total = sum(f.size for f in files.values())
+    ctx.kube.patch_status(namespace, name, {
+        "phase": Phase.COPYING.value,
+        "message": f"copying {len(files)} files ({total} bytes) to {copier.uri}",
+        "progress": Progress(files_done=0, files_total=len(files), bytes_done=0,
+                             bytes_total=total).model_dump(by_alias=True),
+    })
+    lock, last = threading.Lock(), [time.monotonic()]
+
+    def report(files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
+        with lock:
+            if time.monotonic() - last[0] < PROGRESS_EVERY:
+                return  # the final status replaces progress; small copies report none
+            last[0] = time.monotonic()
+        ctx.kube.patch_status(namespace, name, {"progress": Progress(
+            files_done=files_done, files_total=files_total, bytes_done=bytes_done,
+            bytes_total=bytes_total).model_dump(by_alias=True)})
+
+    started = time.monotonic()
+    result = copier.copy(folder, dict(files), {"runId": spec.source.run_id,
+                                               "modelName": spec.source.model_name}, report)
+    ctx.metrics.copied(result.mode, result.bytes, time.monotonic() - started)
+    return result
+
+
+def _rclone_merge(desired: dict[str, Any]) -> Callable[[dict[str, Any] | None], dict[str, Any] | None]:
+    def merge(existing: dict[str, Any] | None) -> dict[str, Any] | None:
+        if existing is None:
+            return desired
+        have = {k: base64.b64decode(v).decode(errors="replace") for k, v in (existing.get("data") or {}).items()}
+        labels = (existing.get("metadata") or {}).get("labels") or {}
+        want_labels = desired["metadata"]["labels"]
+        if all(have.get(k) == v for k, v in desired["stringData"].items()) and \
+                all(labels.get(k) == v for k, v in want_labels.items()):
+            return None
+        return {"metadata": {"labels": want_labels}, "stringData": desired["stringData"]}
+
+    return merge
+
+
+def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, digest: str) -> str | None:
+    """Write the rclone Secret, then the SeldonDeployment; return the promotion taken over from."""
+    s = ctx.settings
+    access, secret, _ = _storage_keys(ctx, namespace, spec)
+    target = spec.target.seldon_deployment
+    endpoint = spec.target.storage.endpoint or s.storage_endpoint
+    secret_body = seldon.render_rclone_secret(target.secret_name, namespace, endpoint, access, secret, {})
+    ctx.kube.ensure_secret(namespace, target.secret_name, _rclone_merge(secret_body))
+
+    annotations = {PROMOTION_ANNOTATION: name, RUN_ANNOTATION: spec.source.run_id, DIGEST_ANNOTATION: digest}
+    desired = seldon.render_seldon_deployment(target, namespace, model_uri(spec), {}, annotations)
+    previous: list[str] = []
+
+    def merge(existing: dict[str, Any] | None) -> dict[str, Any] | None:
+        previous.clear()
+        if existing is not None:
+            owner = ((existing.get("metadata") or {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
+            if owner and owner != name:
+                previous.append(owner)
+        return seldon.merge_owned(existing, desired)
+
+    ctx.kube.ensure_seldon(namespace, target.name, merge)
+    if previous:
+        _mark_superseded(ctx, namespace, previous[0], name, target.name)
+        return previous[0]
+    return None
+
+
+def _mark_superseded(ctx: Context, namespace: str, old: str, new: str, deployment: str) -> None:
+    body = ctx.kube.get_promotion(namespace, old)
+    if body is None:
+        return
+    stored = body.get("status") or {}
+    if stored.get("phase") == Phase.SUPERSEDED.value and stored.get("supersededBy") == new:
+        return
+    st = _Status(stored, int(body.get("metadata", {}).get("generation") or 0))
+    message = f"superseded by ModelPromotion {new}, which now serves {deployment}"
+    st.model.phase, st.model.message, st.model.superseded_by = Phase.SUPERSEDED, message, new
+    st.condition("Ready", "False", "Superseded", message)
+    st.condition("Deployed", "False", "Superseded", message)
+    st.condition("Reconciling", "False", "Superseded")
+    st.condition("Stalled", "False", "Superseded")
+    ctx.kube.patch_status(namespace, old, st.changes())
+
+
+# --- a generation already promoted --------------------------------------------------------
+
+
+def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec,
+                    st: _Status) -> Outcome:
+    target = spec.target.seldon_deployment
+    current = ctx.kube.get_seldon(namespace, target.name)
+    owner = ((current or {}).get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
+    if current is not None and owner and owner != name:
+        message = f"superseded by ModelPromotion {owner}, which now serves {target.name}"
+        st.model.phase, st.model.message, st.model.superseded_by = Phase.SUPERSEDED, message, owner
+        st.condition("Ready", "False", "Superseded", message)
+        st.condition("Deployed", "False", "Superseded", message)
+        return Outcome(st.changes(), [Event("Normal", "Superseded", message)])
+    access, secret, who = _storage_keys(ctx, namespace, spec)
+    s = ctx.settings
+    store = Store(spec.target.storage.endpoint or s.storage_endpoint, access, secret, who,
+                  s.http_timeout, s.retry_delay)
+    copier = Copier(store, spec.target.storage.bucket, object_prefix(spec), s.copy_concurrency)
+    result = copier.existing()  # ArtifactTampered propagates: reported, serving left alone
+    if result is None:
+        raise ArtifactTampered(copier.uri, "the manifest is gone")
+    writes_before = ctx.kube.writes.created + ctx.kube.writes.patched
+    _deploy(ctx, namespace, name, spec, result.digest)
+    restored = ctx.kube.writes.created + ctx.kube.writes.patched - writes_before
+    events = []
+    if restored:
+        events.append(Event("Normal", "Restored", f"restored the rclone Secret or SeldonDeployment "
+                            f"{target.name} to serve {model_uri(spec)}"))
+    return Outcome(st.changes(), events)
+
+
+__all__ = ["Context", "Event", "Outcome", "PromoterError", "reconcile"]
