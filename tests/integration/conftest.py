@@ -79,8 +79,10 @@ class Operator:
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.offset = 0
 
     def start(self) -> None:
+        self.offset = self.log.stat().st_size if self.log.exists() else 0
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "-m", "promoter.handlers", "--standalone",
@@ -91,7 +93,7 @@ class Operator:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"operator exited at start:\n{self.log.read_text()[-3000:]}")
-            if "settings: tracking" in self.log.read_text(errors="replace"):
+            if "settings: tracking" in self.since_start():
                 return
             time.sleep(0.2)
         raise RuntimeError(f"operator not started after 60s:\n{self.log.read_text()[-3000:]}")
@@ -108,6 +110,12 @@ class Operator:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def since_start(self) -> str:
+        """The log of the current process only."""
+        with open(self.log, "rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
 
 
 @pytest.fixture(scope="session")
