@@ -166,7 +166,7 @@ def _write_wrapper(folder: Path, module: str, gomod: str, replaces: list[str]) -
 
 def _stamp(version: str) -> str:
     major, minor = version.split(".")[:2]
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     flags = ["-s", "-w"]
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         flags += [

@@ -54,7 +54,7 @@ def _write(folder: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurv
 class _CA:
     def __init__(self, cn: str) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
@@ -77,7 +77,7 @@ class _CA:
 
     def issue(self, name: x509.Name, *, server: bool, sans: list[x509.GeneralName] | None = None):
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         usage = x509.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
             x509.CertificateBuilder()
