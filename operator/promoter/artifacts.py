@@ -25,6 +25,7 @@ from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
 from minio.error import S3Error
 
+from . import faults
 from .errors import ArtifactTampered, CredentialsProblem, ModelNotFound, Unavailable
 
 MANIFEST = "promotion-manifest.json"
@@ -277,6 +278,8 @@ class Copier:
                                   f"({size} of {entry.size} bytes)", self.target.retry_delay)
             with lock:
                 done["files"] += 1
+                files_done = done["files"]
+            faults.checkpoint("mid-copy", files_done)
             if on_progress:
                 on_progress(done["files"], len(files), done["bytes"], total_bytes)
             return FileEntry(entry.path, size, sha)
@@ -287,6 +290,7 @@ class Copier:
         entries = [FileEntry(e.path, e.size, e.sha256, present[e.path].etag if e.path in present else "")
                    for e in copied]
         raw = render_manifest(entries, {**meta, "source": source.uri})
+        faults.checkpoint("before-manifest")
         self.target.call("writing the manifest", lambda: self.target.client.put_object(
             self.bucket, self.manifest_key, cast(BinaryIO, _BytesReader(raw)), len(raw),
             content_type="application/json"))

@@ -13,7 +13,6 @@ import base64
 import functools
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 from kubernetes import client
@@ -30,20 +29,11 @@ Merge = Callable[[dict[str, Any] | None], dict[str, Any] | None]
 """existing object (None when absent) -> the object to write, or None when nothing changes."""
 
 
-@dataclass
-class Writes:
-    """Counts of writes by kind, for the no-op reconcile check and the metrics."""
-
-    created: int = 0
-    patched: int = 0
-
-
 class Kube:
     def __init__(self, api: client.ApiClient, retry_delay: float = 10.0) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.retry_delay = retry_delay
-        self.writes = Writes()
 
     # --- error edge -------------------------------------------------------------------
 
@@ -128,12 +118,10 @@ class Kube:
             try:
                 if existing is None:
                     self._call(f"creating {what}", functools.partial(create, body))
-                    self.writes.created += 1
                     return "created"
                 rv = _resource_version(existing)
                 body.setdefault("metadata", {})["resourceVersion"] = rv
                 self._call(f"patching {what}", functools.partial(patch, body))
-                self.writes.patched += 1
                 return "patched"
             except ApiException as e:
                 if e.status in (404, 409):  # gone or changed since we read it: read again
@@ -161,6 +149,15 @@ class Kube:
             if e.status == 404:
                 return None
             raise self._refused(f"reading ModelPromotion {namespace}/{name}", e) from None
+
+    def list_promotions(self, namespace: str) -> list[dict[str, Any]]:
+        group, version, plural = PROMOTIONS
+        try:
+            found = self._call(f"listing ModelPromotions in {namespace}",
+                               lambda: self.custom.list_namespaced_custom_object(group, version, namespace, plural))
+        except ApiException as e:
+            raise self._refused(f"listing ModelPromotions in {namespace}", e) from None
+        return list(found.get("items") or [])
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """A merge patch of a promotion's status (progress while copying, supersession)."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from . import gates, seldon
+from . import faults, gates, seldon
 from .artifacts import Copier, CopyResult, ModelFolder, Store, locate
 from .config import Settings
 from .errors import (
@@ -198,8 +198,10 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
         if not verdict.passed:
             raise GatesFailed(verdict.message)
         st.condition("GatesPassed", "True", "GatesPassed", verdict.message)
+        faults.checkpoint("after-gates")
 
-        target, source_store = _stores(ctx, namespace, spec, mlflow_env)
+        keys = _storage_keys(ctx, namespace, spec)
+        target, source_store = _stores(ctx, namespace, spec, keys, mlflow_env)
         candidates = [(source_store, loc.uri) for loc in client.model_candidates(run, spec.source.model_name)]
     finally:
         client.close()
@@ -219,7 +221,7 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     st.condition("ArtifactCopied", "True", "Verified" if result.mode != "reused" else "Reused",
                  f"{result.files} files, {result.bytes} bytes at {st.model.model_uri} ({result.mode})")
 
-    previous = _deploy(ctx, namespace, name, spec, result.digest)
+    _, previous = _deploy(ctx, namespace, name, spec, result.digest, keys)
     message = (f"promoted: {verdict.message.removeprefix('gates passed: ')}; "
                f"{spec.target.seldon_deployment.name} now serves run {spec.source.run_id}")
     st.model.phase = Phase.PROMOTED
@@ -231,9 +233,9 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     st.condition("Reconciling", "False", "Promoted")
     st.condition("Stalled", "False", "Promoted")
     events = [Event("Normal", "Promoted", message)]
-    if previous:
+    for other in previous:
         events.append(Event("Normal", "TookOver", f"{spec.target.seldon_deployment.name} was served by "
-                            f"ModelPromotion {previous}, now marked Superseded"))
+                            f"ModelPromotion {other}, now marked Superseded"))
     ctx.metrics.outcome(Phase.PROMOTED.value)
     return Outcome(st.changes(), events)
 
@@ -260,10 +262,10 @@ def _storage_keys(ctx: Context, namespace: str, spec: ModelPromotionSpec) -> tup
     return data[S3_KEYS[0]], data[S3_KEYS[1]], f"{namespace}/{name}"
 
 
-def _stores(ctx: Context, namespace: str, spec: ModelPromotionSpec,
+def _stores(ctx: Context, namespace: str, spec: ModelPromotionSpec, keys: tuple[str, str, str],
             mlflow_env: Mapping[str, str]) -> tuple[Store, Store]:
     s = ctx.settings
-    access, secret, who = _storage_keys(ctx, namespace, spec)
+    access, secret, who = keys
     endpoint = spec.target.storage.endpoint or s.storage_endpoint
     target = Store(endpoint, access, secret, who, s.http_timeout, s.retry_delay)
     src_endpoint = mlflow_env.get("MLFLOW_S3_ENDPOINT_URL") or s.artifact_s3_endpoint
@@ -321,49 +323,52 @@ def _rclone_merge(desired: dict[str, Any]) -> Callable[[dict[str, Any] | None], 
     return merge
 
 
-def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, digest: str) -> str | None:
-    """Write the rclone Secret, then the SeldonDeployment; return the promotion taken over from."""
-    s = ctx.settings
-    access, secret, _ = _storage_keys(ctx, namespace, spec)
+def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, digest: str,
+            keys: tuple[str, str, str]) -> tuple[bool, list[str]]:
+    """Write the rclone Secret, then the SeldonDeployment; mark the promotions it took the
+    deployment from Superseded. Returns (whether a child was written, those promotions)."""
+    access, secret, _ = keys
     target = spec.target.seldon_deployment
-    endpoint = spec.target.storage.endpoint or s.storage_endpoint
+    endpoint = spec.target.storage.endpoint or ctx.settings.storage_endpoint
     secret_body = seldon.render_rclone_secret(target.secret_name, namespace, endpoint, access, secret, {})
-    ctx.kube.ensure_secret(namespace, target.secret_name, _rclone_merge(secret_body))
+    wrote = ctx.kube.ensure_secret(namespace, target.secret_name, _rclone_merge(secret_body)) != "unchanged"
+    faults.checkpoint("after-secret")
 
     annotations = {PROMOTION_ANNOTATION: name, RUN_ANNOTATION: spec.source.run_id, DIGEST_ANNOTATION: digest}
     desired = seldon.render_seldon_deployment(target, namespace, model_uri(spec), {}, annotations)
-    previous: list[str] = []
-
-    def merge(existing: dict[str, Any] | None) -> dict[str, Any] | None:
-        previous.clear()
-        if existing is not None:
-            owner = ((existing.get("metadata") or {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
-            if owner and owner != name:
-                previous.append(owner)
-        return seldon.merge_owned(existing, desired)
-
-    ctx.kube.ensure_seldon(namespace, target.name, merge)
-    if previous:
-        _mark_superseded(ctx, namespace, previous[0], name, target.name)
-        return previous[0]
-    return None
+    written = ctx.kube.ensure_seldon(namespace, target.name, lambda have: seldon.merge_owned(have, desired))
+    faults.checkpoint("after-seldon")
+    wrote = wrote or written != "unchanged"
+    if written == "unchanged":
+        return wrote, []
+    return wrote, _supersede_others(ctx, namespace, name, target.name)
 
 
-def _mark_superseded(ctx: Context, namespace: str, old: str, new: str, deployment: str) -> None:
-    body = ctx.kube.get_promotion(namespace, old)
-    if body is None:
-        return
-    stored = body.get("status") or {}
-    if stored.get("phase") == Phase.SUPERSEDED.value and stored.get("supersededBy") == new:
-        return
-    st = _Status(stored, int(body.get("metadata", {}).get("generation") or 0))
-    message = f"superseded by ModelPromotion {new}, which now serves {deployment}"
-    st.model.phase, st.model.message, st.model.superseded_by = Phase.SUPERSEDED, message, new
+def _supersede_others(ctx: Context, namespace: str, name: str, deployment: str) -> list[str]:
+    """Level-based: every other Promoted promotion of this deployment is now Superseded, also
+    when an earlier reconcile died between writing the deployment and saying so."""
+    marked = []
+    for body in ctx.kube.list_promotions(namespace):
+        other = str(body.get("metadata", {}).get("name"))
+        target = ((body.get("spec") or {}).get("target") or {}).get("seldonDeployment") or {}
+        stored = body.get("status") or {}
+        if other == name or target.get("name") != deployment or stored.get("phase") != Phase.PROMOTED.value:
+            continue
+        st = _Status(stored, int(body.get("metadata", {}).get("generation") or 0))
+        _superseded(st, name, deployment)
+        ctx.kube.patch_status(namespace, other, st.changes())
+        marked.append(other)
+    return marked
+
+
+def _superseded(st: _Status, by: str, deployment: str) -> str:
+    message = f"superseded by ModelPromotion {by}, which now serves {deployment}"
+    st.model.phase, st.model.message, st.model.superseded_by = Phase.SUPERSEDED, message, by
     st.condition("Ready", "False", "Superseded", message)
     st.condition("Deployed", "False", "Superseded", message)
     st.condition("Reconciling", "False", "Superseded")
     st.condition("Stalled", "False", "Superseded")
-    ctx.kube.patch_status(namespace, old, st.changes())
+    return message
 
 
 # --- a generation already promoted --------------------------------------------------------
@@ -375,22 +380,16 @@ def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotio
     current = ctx.kube.get_seldon(namespace, target.name)
     owner = ((current or {}).get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
     if current is not None and owner and owner != name:
-        message = f"superseded by ModelPromotion {owner}, which now serves {target.name}"
-        st.model.phase, st.model.message, st.model.superseded_by = Phase.SUPERSEDED, message, owner
-        st.condition("Ready", "False", "Superseded", message)
-        st.condition("Deployed", "False", "Superseded", message)
+        message = _superseded(st, owner, target.name)
         return Outcome(st.changes(), [Event("Normal", "Superseded", message)])
-    access, secret, who = _storage_keys(ctx, namespace, spec)
+    keys = _storage_keys(ctx, namespace, spec)
     s = ctx.settings
-    store = Store(spec.target.storage.endpoint or s.storage_endpoint, access, secret, who,
-                  s.http_timeout, s.retry_delay)
+    store = Store(spec.target.storage.endpoint or s.storage_endpoint, *keys, s.http_timeout, s.retry_delay)
     copier = Copier(store, spec.target.storage.bucket, object_prefix(spec), s.copy_concurrency)
     result = copier.existing()  # ArtifactTampered propagates: reported, serving left alone
     if result is None:
         raise ArtifactTampered(copier.uri, "the manifest is gone")
-    writes_before = ctx.kube.writes.created + ctx.kube.writes.patched
-    _deploy(ctx, namespace, name, spec, result.digest)
-    restored = ctx.kube.writes.created + ctx.kube.writes.patched - writes_before
+    restored, _ = _deploy(ctx, namespace, name, spec, result.digest, keys)
     events = []
     if restored:
         events.append(Event("Normal", "Restored", f"restored the rclone Secret or SeldonDeployment "
