@@ -120,6 +120,13 @@ def test_a_passing_run_is_promoted_copied_and_served(
     assert wide[0].split()[-1] == "MODEL" and wide[1].split()[-1] == f"s3://models/rf-regressor/{run_id}"
     assert [e["reason"] for e in events(devstack, namespace, name)] == ["Promoted"]
 
+    # and Prometheus can scrape the decision
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as r:
+        scraped = r.read().decode()
+    promoted = re.search(r'^modelpromotion_outcomes_total\{outcome="Promoted"\} (\d+)', scraped, re.M)
+    assert promoted and float(promoted.group(1)) >= 1
+    assert re.search(r'^modelpromotion_copied_bytes_total\{mode="server-side"\} [1-9]', scraped, re.M)
+
 
 def _rejected(devstack: stack.State, namespace: str, name: str) -> dict[str, Any]:
     mp = wait_for(devstack, namespace, name, phase_in("Rejected", "Promoted", "Failed"))
