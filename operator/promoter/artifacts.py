@@ -195,6 +195,8 @@ def locate(candidates: Iterable[tuple[Store, str]], run_id: str, model_name: str
         try:
             bucket, prefix = parse_s3_uri(uri)
         except ValueError:
+            # mlflow-artifacts:/ (proxied artifacts) and file:/ stores are not read yet
+            tried[-1] = f"{uri} (not an s3:// artifact store: run MLflow with --default-artifact-root s3://...)"
             continue
         folder = ModelFolder(store, bucket, prefix.rstrip("/"))
         files = folder.files()

@@ -138,3 +138,4 @@ def test_module_docstring_draws_every_error() -> None:
     assert len(classes) == 14
     for cls in classes:
         assert cls.__name__ in doc, cls.__name__
+
