@@ -26,12 +26,13 @@ from typing import Any
 import yaml
 
 from . import faults, gates, seldon
-from .artifacts import Copier, CopyResult, ModelFolder, Store, locate
+from .artifacts import Copier, CopyResult, FileEntry, ModelFolder, Store, locate
 from .config import Settings
 from .errors import (
     ArtifactTampered,
     CredentialsProblem,
     GatesFailed,
+    ModelTooLarge,
     PromoterError,
     Rejected,
     RunNotFinished,
@@ -206,6 +207,7 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     finally:
         client.close()
     folder, files = locate(candidates, run.run_id, spec.source.model_name)
+    check_limits(files, s, f"model {spec.source.model_name!r} of run {run.run_id} (spec.source.modelName)")
     mlmodel = yaml.safe_load(folder.read("MLmodel") or b"") or {}
     seldon.check_model_compatibility(mlmodel if isinstance(mlmodel, dict) else {}, list(files),
                                      spec.target.seldon_deployment.implementation,
@@ -240,6 +242,15 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     return Outcome(st.changes(), events)
 
 
+def check_limits(files: Mapping[str, FileEntry], settings: Settings, what: str) -> None:
+    """Reject a model folder over the operator's bounds before a byte is copied."""
+    if len(files) > settings.max_files:
+        raise ModelTooLarge(what, len(files), "files", "PROMOTER_MAX_FILES", settings.max_files)
+    total = sum(f.size for f in files.values())
+    if total > settings.max_bytes:
+        raise ModelTooLarge(what, total, "bytes", "PROMOTER_MAX_BYTES", settings.max_bytes)
+
+
 def _secret(ctx: Context, namespace: str, ref: Any, field_path: str) -> dict[str, str]:
     if ref is None:
         return {}
@@ -251,8 +262,9 @@ def _auth(env: Mapping[str, str]) -> Auth:
                 env.get("MLFLOW_TRACKING_TOKEN", ""))
 
 
-def _storage_keys(ctx: Context, namespace: str, spec: ModelPromotionSpec) -> tuple[str, str, str]:
-    ref = spec.target.storage.credentials_secret_ref
+def _storage_keys(ctx: Context, namespace: str, spec: ModelPromotionSpec | None) -> tuple[str, str, str]:
+    """The target storage keys of the spec, or the operator's default ones when spec is None."""
+    ref = spec.target.storage.credentials_secret_ref if spec else None
     name = ref.name if ref else ctx.settings.storage_secret
     field_path = "spec.target.storage.credentialsSecretRef" if ref else "operator default PROMOTER_STORAGE_SECRET"
     data = ctx.kube.secret_data(namespace, name, field_path)
@@ -273,8 +285,10 @@ def _stores(ctx: Context, namespace: str, spec: ModelPromotionSpec, keys: tuple[
         ref = spec.source.credentials_secret_ref
         source = Store(src_endpoint, mlflow_env[S3_KEYS[0]], mlflow_env[S3_KEYS[1]],
                        f"{namespace}/{ref.name if ref else ''}", s.http_timeout, s.retry_delay)
-    else:
+    elif src_endpoint.rstrip("/") == endpoint.rstrip("/"):
         source = Store(src_endpoint, access, secret, who, s.http_timeout, s.retry_delay)
+    else:  # the default artifact store goes with the operator's default keys
+        source = Store(src_endpoint, *_storage_keys(ctx, namespace, None), s.http_timeout, s.retry_delay)
     return target, source
 
 
@@ -397,4 +411,4 @@ def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotio
     return Outcome(st.changes(), events)
 
 
-__all__ = ["Context", "Event", "Outcome", "PromoterError", "reconcile"]
+__all__ = ["Context", "Event", "Outcome", "PromoterError", "check_limits", "reconcile"]

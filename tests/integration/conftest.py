@@ -7,7 +7,9 @@ session starts one in a temporary folder and stops it at the end.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from devstack import stack
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "modelpromotions.mlops.dev.yaml"
 STORAGE_SECRET = "minio-credentials"
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +140,27 @@ def namespace(devstack: stack.State, crd: None) -> str:
                      f"--from-literal=AWS_ACCESS_KEY_ID={devstack.s3_access_key}",
                      f"--from-literal=AWS_SECRET_ACCESS_KEY={devstack.s3_secret_key}")
     return name
+
+
+def train(env: dict[str, str], seed: int) -> tuple[str, dict[str, float]]:
+    """experiments/train.py as a user runs it: the run id and the metrics it printed."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "train.py"), "--n-estimators", "20", "--seed", str(seed),
+         "--experiment", "promoter-integration"],
+        env=env, capture_output=True, text=True, timeout=300, check=True,
+    ).stdout.strip().splitlines()
+    metrics = dict(kv.split("=") for kv in out[-2].split())
+    assert RUN_ID.match(out[-1]), out
+    return out[-1], {k: float(v) for k, v in metrics.items()}
+
+
+@pytest.fixture(scope="session")
+def trained(mlflow_env: dict[str, str]) -> tuple[str, dict[str, float]]:
+    return train(mlflow_env, 42)
+
+
+@pytest.fixture(scope="session")
+def runs(mlflow_env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run([sys.executable, str(Path(__file__).with_name("runs.py"))], env=mlflow_env,
+                         capture_output=True, text=True, timeout=300, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devstack import stack
 
-from .conftest import REPO, Operator
+from .conftest import Operator, train
 from .helpers import (
     apply,
     condition,
@@ -34,30 +31,6 @@ from .helpers import (
 
 pytestmark = pytest.mark.integration
 
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def _train(env: dict[str, str], seed: int) -> tuple[str, dict[str, float]]:
-    out = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "train.py"), "--n-estimators", "20", "--seed", str(seed),
-         "--experiment", "promoter-integration"],
-        env=env, capture_output=True, text=True, timeout=300, check=True,
-    ).stdout.strip().splitlines()
-    metrics = dict(kv.split("=") for kv in out[-2].split())
-    assert RUN_ID.match(out[-1]), out
-    return out[-1], {k: float(v) for k, v in metrics.items()}
-
-
-@pytest.fixture(scope="session")
-def trained(mlflow_env: dict[str, str]) -> tuple[str, dict[str, float]]:
-    return _train(mlflow_env, 42)
-
-
-@pytest.fixture(scope="session")
-def runs(mlflow_env: dict[str, str]) -> dict[str, str]:
-    out = subprocess.run([sys.executable, str(Path(__file__).with_name("runs.py"))], env=mlflow_env,
-                         capture_output=True, text=True, timeout=300, check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def _name() -> str:
@@ -265,7 +238,7 @@ def test_a_later_promotion_supersedes_and_user_fields_survive(
         devstack: stack.State, operator: Operator, namespace: str, trained: tuple[str, dict[str, float]],
         mlflow_env: dict[str, str]) -> None:
     run_a, _ = trained
-    run_b, _ = _train(mlflow_env, 7)
+    run_b, _ = train(mlflow_env, 7)
     first, second = _name(), _name()
     apply(devstack, namespace, promotion(first, run_a))
     wait_for(devstack, namespace, first, phase_in("Promoted"))
