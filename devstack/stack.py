@@ -31,6 +31,7 @@ SELDON_CRD = Path(__file__).resolve().parent / "seldondeployments.machinelearnin
 DEFAULT_S3_ACCESS_KEY = "devstack"
 DEFAULT_S3_SECRET_KEY = "devstack-secret-key"
 BUCKETS = ("mlflow", "models")
+SERVERS = ("etcd", "kube-apiserver", "weed", "mlflow")
 
 Log = Callable[[str], None]
 
@@ -76,6 +77,11 @@ class State:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2))
         os.replace(tmp, path)
+
+    @property
+    def audit_log(self) -> str:
+        """kube-apiserver's audit log (JSON lines, level Metadata): who called which verb on what."""
+        return str(Path(self.home) / "logs" / "audit.log")
 
     def env(self) -> dict[str, str]:
         """The environment that makes kubectl, mlflow and S3 clients talk to this devstack."""
@@ -151,9 +157,15 @@ def _tail(path: str, n: int = 20) -> str:
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def _exited(proc: Proc) -> bool:
+def exited(proc: Proc) -> bool:
     child = _children.get(proc.pid)
     return child.poll() is not None if child is not None else not alive(proc)
+
+
+def exit_status(proc: Proc) -> str:
+    child = _children.get(proc.pid)
+    code = child.poll() if child is not None else None
+    return "still running" if code is None else f"exit code {code}"
 
 
 def _spawn(home: Path, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
@@ -169,10 +181,15 @@ def _spawn(home: Path, name: str, argv: list[str], env: dict[str, str] | None = 
     return Proc(name, p.pid, Path(argv[0]).name, str(log), list(argv), dict(env or {}))
 
 
+def spawn(home: Path, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+    """Start a process that `down` stops with the rest (the demo's operator)."""
+    return _spawn(home, name, argv, env)
+
+
 def _wait(proc: Proc, what: str, probe: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _exited(proc):
+        if exited(proc):
             raise SetupError(f"{what} exited during start-up; last lines of {proc.log}:\n{_tail(proc.log)}")
         try:
             if probe():
@@ -234,8 +251,10 @@ def _mlflow() -> str:
 
 
 def running(home: Path | None = None) -> State | None:
+    """The stack when its servers run (an operator the demo added may have stopped)."""
     state = State.load(home or default_home())
-    if state and state.processes and all(alive(p) for p in state.processes):
+    servers = [p for p in state.processes if p.name in SERVERS] if state else []
+    if state and servers and all(alive(p) for p in servers):
         return state
     return None
 
@@ -288,8 +307,21 @@ class AlreadyRunning(Exception):
         self.state = state
 
 
+# Every request at level Metadata (user, verb, resource, response code; no bodies, so no Secret
+# values): the tests read it to list the exact verbs an identity used.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+"""
+
+
 def _start_kube(state: State, bins: binaries.Binaries, home: Path, kube_port: int, log: Log) -> None:
     c = certs.generate(home / "certs")
+    audit_policy = home / "audit-policy.yaml"
+    audit_policy.write_text(AUDIT_POLICY)
     etcd_port, peer_port = free_port(), free_port()
     log(f"devstack: starting etcd on 127.0.0.1:{etcd_port}")
     etcd = _spawn(home, "etcd", [
@@ -316,6 +348,8 @@ def _start_kube(state: State, bins: binaries.Binaries, home: Path, kube_port: in
         f"--service-account-issuer={state.kube_url}/",
         f"--service-account-key-file={c.sa_public}",
         f"--service-account-signing-key-file={c.sa_private}",
+        f"--audit-policy-file={audit_policy}", f"--audit-log-path={state.audit_log}",
+        "--audit-log-maxsize=1024", "--audit-log-maxbackup=1",
         "--v=0",
     ])
     state.processes.append(apiserver)
@@ -393,6 +427,8 @@ def start_component(state: State, name: str, timeout: float = 120) -> None:
     probes: dict[str, Callable[[], bool]] = {
         "mlflow": lambda: _http_ok(f"{state.mlflow_uri}/health"),
         "weed": lambda: _s3_ready(state),
+        "kube-apiserver": lambda: _http_ok(f"{state.kube_url}/readyz", ssl.create_default_context(
+            cafile=str(Path(state.home) / "certs" / "serving-ca.crt"))),
     }
     for i, proc in enumerate(state.processes):
         if proc.name != name:

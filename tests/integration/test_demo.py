@@ -1,0 +1,59 @@
+"""`make demo`'s steps run non-interactively, and train.py behaves on a real MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from devstack import stack
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_demo_promotes_one_run_and_rejects_the_strict_one(tmp_path: Path, devstack: stack.State) -> None:
+    home = tmp_path / "demo"
+    env = {**os.environ, "DEVSTACK_HOME": str(home)}
+    try:
+        result = subprocess.run([sys.executable, "-m", "devstack", "demo"], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        out = result.stdout
+        table = out.split("$ kubectl get modelpromotions -n mlops-demo\n", 1)[1].splitlines()
+        rows = {line.split()[0]: line.split() for line in table[1:3]}
+        assert rows["rf-regressor"][2] == "Promoted"
+        assert rows["too-strict"][2] == "Rejected"
+        run_id = rows["rf-regressor"][1]
+        assert f"SeldonDeployment rf-regressor serves: s3://models/rf-regressor/{run_id}" in out
+        assert re.search(rf"^\s+\d+\s+rf-regressor/{run_id}/model\.pkl$", out, re.M)
+        assert re.search(rf"^\s+\d+\s+rf-regressor/{run_id}/promotion-manifest\.json$", out, re.M)
+        assert re.search(r"^Rejected: too-strict: gate failed: rmse [0-9.]+ is not <= 1$", out, re.M)
+        assert 'eval "$(python -m devstack env)"' in out and "make down" in out
+        assert "demo: [6/6]" in result.stderr  # progress shown throughout
+    finally:
+        subprocess.run([sys.executable, "-m", "devstack", "down"], env=env, capture_output=True, timeout=120)
+    state = stack.State.load(home)
+    assert state is None  # down removed it, and with it the demo's operator
+
+
+def _metrics(devstack: stack.State, run_id: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{devstack.mlflow_uri}/api/2.0/mlflow/runs/get?run_id={run_id}") as r:
+        return {m["key"]: m["value"] for m in json.load(r)["run"]["data"]["metrics"]}
+
+
+def test_train_py_logs_the_same_metrics_twice_with_the_same_seed(devstack: stack.State,
+                                                                mlflow_env: dict[str, str]) -> None:
+    cmd = [sys.executable, str(REPO / "experiments" / "train.py"), "--n-estimators", "10", "--seed", "3"]
+    first, second = (subprocess.run(cmd, env=mlflow_env, capture_output=True, text=True, check=True,
+                                     timeout=300).stdout.strip().splitlines()[-1] for _ in range(2))
+    assert first != second
+    assert _metrics(devstack, first) == _metrics(devstack, second)
+    assert set(_metrics(devstack, first)) == {"rmse", "mae", "r2"}
