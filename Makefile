@@ -33,8 +33,9 @@ test: $(STAMP) ## unit + integration tests (integration on a devstack of their o
 test-unit: $(STAMP) ## pure tests, no network
 	$(PY) -m pytest tests/unit
 
+# -s: the cluster steps take minutes; their progress shows as it happens.
 test-e2e: $(STAMP) ## kind end-to-end tests (needs Docker and kind)
-	$(PY) -m pytest tests/e2e
+	$(PY) -m pytest -s tests/e2e
 
 crds: $(STAMP) ## regenerate crds/ from operator/promoter/spec.py
 	cd operator && ../$(PY) -m promoter.crdgen > ../crds/modelpromotions.mlops.dev.yaml
@@ -42,8 +43,38 @@ crds: $(STAMP) ## regenerate crds/ from operator/promoter/spec.py
 run: $(STAMP) ## run the operator against the current kube context (all namespaces)
 	cd operator && ../$(VENV)/bin/kopf run -m promoter.handlers --standalone --all-namespaces
 
-lint: $(STAMP) ## ruff and mypy
+# kubectl from PATH, else the one devstack found or built.
+KUBECTL ?= $(or $(shell command -v kubectl 2>/dev/null),$(shell $(PY) -c 'from devstack import binaries; print(binaries.ensure(log=lambda m: None).folder)' 2>/dev/null)/kubectl)
+MANIFESTS ?= manifests
+
+deploy: ## install the CRD and the operator in the current context (MANIFESTS=manifests/overlays/namespaced: listed namespaces)
+	$(KUBECTL) apply --server-side -f crds/
+	$(KUBECTL) apply -k $(MANIFESTS)
+
+undeploy: ## remove the operator; the CRD, the promotions and what they deployed stay
+	$(KUBECTL) delete -k $(MANIFESTS) --ignore-not-found
+
+BENCH_MINUTES ?= 30
+bench: $(STAMP) ## benchmarks on devstacks of their own (latency, scale, memory, copy; ~45 min, idle machine); tables + bench/results/*.json
+	$(PY) bench/run_all.py --minutes $(BENCH_MINUTES)
+
+.PHONY: bench
+
+# Linters that are not Python packages: actionlint is built once from the Go module proxy.
+ACTIONLINT_VERSION := v1.7.12
+ACTIONLINT := $(VENV)/tools/actionlint-$(ACTIONLINT_VERSION)/actionlint
+SHELL_SCRIPTS = .ci/run $(shell find . \( -path ./.venv -o -path ./.git -o -path ./.devstack \) -prune -o -name '*.sh' -print)
+
+$(ACTIONLINT):
+	@command -v go >/dev/null || { echo "actionlint is built with Go: install Go (https://go.dev/dl) or apt-get install -y golang"; exit 1; }
+	GOBIN=$(abspath $(dir $@)) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+lint: $(STAMP) $(ACTIONLINT) ## ruff, mypy, hadolint (Dockerfiles), shellcheck (scripts), actionlint (workflows)
 	$(VENV)/bin/ruff check operator devstack tests experiments
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile experiments/Dockerfile
+	@command -v shellcheck >/dev/null || { echo "shellcheck is not installed: apt-get install -y shellcheck (Debian/Ubuntu), brew install shellcheck (macOS)"; exit 1; }
+	shellcheck $(SHELL_SCRIPTS)
+	$(ACTIONLINT)
 
-.PHONY: help install demo up down test test-unit test-e2e crds run lint
+.PHONY: help install demo up down test test-unit test-e2e crds run deploy undeploy lint

@@ -1,0 +1,326 @@
+"""RBAC is enough and no more, proven on devstack's real API server.
+
+The operator runs the way the namespaced overlay (manifests/overlays/namespaced) deploys it: as
+its ServiceAccount, authenticated by a token from the TokenRequest API, watching one namespace.
+It promotes a model, restores a SeldonDeployment and a Secret someone edited, and hands the
+SeldonDeployment to a later promotion. The API server's audit log then lists every request that
+identity made; the overlay's Role and ClusterRole must grant exactly those verbs, nothing was
+refused, and `kubectl auth can-i` as the same identity says no to everything else.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from devstack import stack
+
+from .conftest import REPO, STORAGE_SECRET, Operator
+from .helpers import apply, get, phase_in, promotion, secret_data, wait_for
+
+pytestmark = pytest.mark.integration
+
+OVERLAY = REPO / "manifests" / "overlays" / "namespaced"
+EXAMPLE_NAMESPACE = "models"  # the watched namespace the overlay's example Role is for
+SA_NAMESPACE, SA_NAME = "promoter-system", "mlflow-seldon-promoter"
+USERNAME = f"system:serviceaccount:{SA_NAMESPACE}:{SA_NAME}"
+RBAC_KINDS = {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces"}
+VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
+# Everything the operator touches or might be tempted to, as (API group, resource[/subresource]).
+RESOURCES = (
+    ("mlops.dev", "modelpromotions"), ("mlops.dev", "modelpromotions/status"),
+    ("", "secrets"), ("machinelearning.seldon.io", "seldondeployments"),
+    ("machinelearning.seldon.io", "seldondeployments/status"), ("", "events"),
+    ("events.k8s.io", "events"), ("", "configmaps"), ("", "pods"), ("", "namespaces"),
+    ("apiextensions.k8s.io", "customresourcedefinitions"), ("coordination.k8s.io", "leases"),
+)
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+Grant = tuple[str, str, str]  # (API group, resource[/subresource], verb)
+
+
+def kustomize(devstack: stack.State, folder: Path) -> list[dict[str, Any]]:
+    out = devstack.kubectl("kustomize", str(folder)).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def watching(objs: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
+    """The overlay's RBAC with its example namespace swapped for this test's watched one."""
+    text = json.dumps([o for o in objs if o["kind"] in RBAC_KINDS])
+    return list(json.loads(text.replace(f'"namespace": "{EXAMPLE_NAMESPACE}"', f'"namespace": "{namespace}"')))
+
+
+def granted(objs: list[dict[str, Any]]) -> set[Grant]:
+    """Every (group, resource, verb) the Roles and ClusterRoles grant; wildcards would show as '*'."""
+    out: set[Grant] = set()
+    for obj in objs:
+        if obj["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in obj.get("rules") or []:
+            for group in rule.get("apiGroups") or []:
+                for resource in rule.get("resources") or []:
+                    out.update((group, resource, verb) for verb in rule["verbs"])
+    return out
+
+
+class ServiceAccountOperator(Operator):
+    """The operator as the Deployment runs it: kubeconfig with the SA's token, `--namespace=NS`."""
+
+    def __init__(self, devstack: stack.State, log: Path, kubeconfig: Path, namespaces: list[str]) -> None:
+        # A short drift interval so the restore path (patches of children) runs within the test.
+        super().__init__(devstack, log, {"KUBECONFIG": str(kubeconfig), "PROMOTER_DRIFT_INTERVAL": "5"})
+        self.args = [f"--namespace={ns}" for ns in namespaces]
+
+    def start(self) -> None:
+        self.offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kopf", "run", "-m", "promoter.handlers", "--standalone", *self.args,
+                 "--verbose"],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited at start:\n{self.text()[-3000:]}")
+            if "settings: tracking" in self.since_start():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"operator not started after 60s:\n{self.text()[-3000:]}")
+
+
+@dataclass
+class Request:
+    verb: str
+    group: str
+    resource: str  # with "/subresource" when there is one; "" for non-resource URLs
+    namespace: str
+    name: str
+    code: int
+    uri: str
+
+    @property
+    def grant(self) -> Grant:
+        return (self.group, self.resource, self.verb)
+
+
+def audit(devstack: stack.State, offset: int, username: str) -> list[Request]:
+    """The requests ``username`` made since ``offset`` of the audit log, one per audit ID."""
+    seen: dict[str, Request] = {}
+    with open(devstack.audit_log, "rb") as f:
+        f.seek(offset)
+        for line in f:
+            event = json.loads(line)
+            if event["user"]["username"] != username:
+                continue
+            ref = event.get("objectRef") or {}
+            resource = ref.get("resource", "")
+            if ref.get("subresource"):
+                resource += "/" + ref["subresource"]
+            seen[event["auditID"]] = Request(  # ResponseComplete overrides ResponseStarted (watches)
+                event["verb"], ref.get("apiGroup", ""), resource, ref.get("namespace", ""), ref.get("name", ""),
+                int((event.get("responseStatus") or {}).get("code") or 0), event["requestURI"])
+    return list(seen.values())
+
+
+@dataclass
+class Evidence:
+    namespace: str
+    rbac: list[dict[str, Any]]
+    kubeconfig: Path
+    requests: list[Request]
+    first: dict[str, Any]
+    second: dict[str, Any]
+    operator_log: str
+
+
+def _train(env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "train.py"), "--n-estimators", "10", "--experiment",
+         "promoter-rbac"], env=env, capture_output=True, text=True, timeout=300, check=True,
+    ).stdout.strip().splitlines()
+    assert RUN_ID.match(out[-1]), out
+    return out[-1]
+
+
+def _sa_kubeconfig(devstack: stack.State, path: Path, namespace: str) -> Path:
+    token = devstack.kubectl("-n", SA_NAMESPACE, "create", "token", SA_NAME, "--duration=2h").stdout.strip()
+    admin = json.loads(Path(devstack.kubeconfig).read_text())
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "promoter",
+        "clusters": admin["clusters"],
+        "users": [{"name": SA_NAME, "user": {"token": token}}],
+        "contexts": [{"name": "promoter", "context": {
+            "cluster": admin["clusters"][0]["name"], "user": SA_NAME, "namespace": namespace}}],
+    }))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evidence(devstack: stack.State, crd: None, operator: Operator, mlflow_env: dict[str, str],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evidence]:
+    """One session of real work by the ServiceAccount, and the audit log of it."""
+    if not Path(devstack.audit_log).exists():
+        pytest.fail(f"no audit log at {devstack.audit_log}: this devstack was started before devstack "
+                    "kept one; restart it (`python -m devstack down`, then `up`)")
+    # The session's own operator runs as admin over every namespace and would race ours for the
+    # promotions below; it sits out this module.
+    operator.stop()
+    tmp = tmp_path_factory.mktemp("rbac")
+    try:
+        ns = f"w-{uuid.uuid4().hex[:8]}"
+        devstack.kubectl("create", "namespace", ns)
+        rbac = watching(kustomize(devstack, OVERLAY), ns)
+        devstack.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
+        devstack.kubectl("-n", ns, "create", "secret", "generic", STORAGE_SECRET,
+                         f"--from-literal=AWS_ACCESS_KEY_ID={devstack.s3_access_key}",
+                         f"--from-literal=AWS_SECRET_ACCESS_KEY={devstack.s3_secret_key}")
+        run_id = _train(mlflow_env)
+        kubeconfig = _sa_kubeconfig(devstack, tmp / "promoter.kubeconfig", ns)
+        offset = Path(devstack.audit_log).stat().st_size
+        sa_operator = ServiceAccountOperator(devstack, tmp / "operator.log", kubeconfig, [ns])
+        sa_operator.start()
+        try:
+            first, second = _work(devstack, ns, run_id)
+        finally:
+            sa_operator.stop()  # ends its watches, so their audit events are complete
+        time.sleep(0.5)
+        yield Evidence(ns, rbac, kubeconfig, audit(devstack, offset, USERNAME), first, second, sa_operator.text())
+    finally:
+        operator.start()
+
+
+def _work(devstack: stack.State, ns: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every path that writes: promote, restore edited children, supersede."""
+    gates = [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 80},
+             {"metric": "r2", "op": "GreaterThan", "threshold": 0.3}]
+    apply(devstack, ns, promotion("first", run_id, gates, deployment="served"))
+    wait_for(devstack, ns, "first", phase_in("Promoted", "Rejected", "Failed"), timeout=90)
+
+    # someone edits both children; the drift timer puts them back with patches
+    devstack.kubectl("-n", ns, "patch", "seldondeployment", "served", "--type=json", "-p",
+                     '[{"op": "replace", "path": "/spec/predictors/0/graph/modelUri", "value": "s3://models/x"}]')
+    devstack.kubectl("-n", ns, "patch", "secret", "seldon-rclone-secret", "-p",
+                     '{"stringData": {"RCLONE_CONFIG_S3_ENDPOINT": "http://elsewhere:9000"}}')
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        sdep = get(devstack, ns, "seldondeployment", "served") or {}
+        uri = sdep["spec"]["predictors"][0]["graph"]["modelUri"]
+        endpoint = secret_data(devstack, ns, "seldon-rclone-secret")["RCLONE_CONFIG_S3_ENDPOINT"]
+        if uri != "s3://models/x" and endpoint == devstack.s3_endpoint:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the operator did not restore the edited SeldonDeployment and Secret in 60s")
+
+    apply(devstack, ns, promotion("second", run_id, gates, deployment="served"))
+    second = wait_for(devstack, ns, "second", phase_in("Promoted", "Rejected", "Failed"), timeout=90)
+    first = wait_for(devstack, ns, "first", phase_in("Superseded"), timeout=30)
+    return first, second
+
+
+def can_i(devstack: stack.State, kubeconfig: Path, verb: str, resource: str, namespace: str | None) -> bool:
+    kind, _, sub = resource.partition("/")
+    args = [str(Path(devstack.bin_dir) / "kubectl"), "--kubeconfig", str(kubeconfig), "auth", "can-i", verb, kind]
+    if sub:
+        args.append(f"--subresource={sub}")
+    args += ["-n", namespace] if namespace else ["--all-namespaces"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() in ("yes", "no"), out
+    return out.stdout.strip() == "yes"
+
+
+def _qualified(group: str, resource: str) -> str:
+    kind, _, sub = resource.partition("/")
+    return (f"{kind}.{group}" if group else kind) + (f"/{sub}" if sub else "")
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+
+def test_the_service_account_promotes_restores_and_supersedes_in_namespaced_mode(
+        devstack: stack.State, evidence: Evidence) -> None:
+    assert evidence.second["status"]["phase"] == "Promoted", evidence.second["status"]
+    assert evidence.first["status"]["phase"] == "Superseded"
+    assert evidence.first["status"]["supersededBy"] == "second"
+    sdep = get(devstack, evidence.namespace, "seldondeployment", "served")
+    assert sdep is not None
+    assert sdep["metadata"]["annotations"]["mlops.dev/promotion"] == "second"
+    assert "Traceback" not in evidence.operator_log
+
+
+def test_no_request_of_the_service_account_was_refused(evidence: Evidence) -> None:
+    assert evidence.requests, "the audit log shows no request by the ServiceAccount"
+    refused = [(r.verb, r.uri, r.code) for r in evidence.requests if r.code in (401, 403)]
+    assert refused == []
+    assert "Not enough permissions" not in evidence.operator_log
+
+
+def test_the_service_account_worked_only_in_the_watched_namespace(evidence: Evidence) -> None:
+    namespaced = {r.namespace for r in evidence.requests if r.resource and r.resource not in CLUSTER_SCOPED}
+    assert namespaced == {evidence.namespace}
+
+
+def test_the_roles_grant_exactly_the_verbs_the_audit_log_shows_used(evidence: Evidence) -> None:
+    used = {r.grant for r in evidence.requests if r.resource}
+    grants = granted(evidence.rbac)
+    assert not any("*" in g for g in grants), "no wildcards"
+    assert sorted(used - grants) == [], "used but not granted"
+    assert sorted(grants - used) == [], "granted but never used"
+
+
+def test_the_cluster_wide_role_grants_what_namespaced_mode_does_less_namespace_watching(
+        devstack: stack.State) -> None:
+    # In --all-namespaces mode kopf lists and watches promotions cluster-wide and never lists
+    # namespaces; everything else is the same set of verbs.
+    cluster_wide = granted(kustomize(devstack, REPO / "manifests"))
+    namespaced = granted(kustomize(devstack, OVERLAY))
+    assert cluster_wide == namespaced - {("", "namespaces", "list"), ("", "namespaces", "watch")}
+
+
+def test_the_service_account_cannot_delete_seldondeployments(devstack: stack.State, evidence: Evidence) -> None:
+    assert not can_i(devstack, evidence.kubeconfig, "delete", "seldondeployments.machinelearning.seldon.io",
+                     evidence.namespace)
+    refused = subprocess.run(
+        [str(Path(devstack.bin_dir) / "kubectl"), "--kubeconfig", str(evidence.kubeconfig), "-n", evidence.namespace,
+         "delete", "seldondeployment", "served"], capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "Forbidden" in refused.stderr, refused.stderr
+    assert get(devstack, evidence.namespace, "seldondeployment", "served") is not None
+
+
+@pytest.mark.parametrize("elsewhere", [SA_NAMESPACE, "default", "kube-system"])
+def test_the_service_account_cannot_read_secrets_outside_the_watched_namespace(
+        devstack: stack.State, evidence: Evidence, elsewhere: str) -> None:
+    for verb in ("get", "list", "watch"):
+        assert not can_i(devstack, evidence.kubeconfig, verb, "secrets", elsewhere), (verb, elsewhere)
+    assert can_i(devstack, evidence.kubeconfig, "get", "secrets", evidence.namespace)
+    assert not can_i(devstack, evidence.kubeconfig, "list", "secrets", evidence.namespace)
+
+
+def test_every_verb_the_code_does_not_use_is_refused(devstack: stack.State, evidence: Evidence) -> None:
+    used = {r.grant for r in evidence.requests if r.resource}
+    checks = [(group, resource, verb) for group, resource in RESOURCES for verb in VERBS]
+
+    def ask(check: Grant) -> tuple[Grant, bool]:
+        group, resource, verb = check
+        namespace = None if resource in CLUSTER_SCOPED else evidence.namespace
+        return check, can_i(devstack, evidence.kubeconfig, verb, _qualified(group, resource), namespace)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = dict(pool.map(ask, checks))
+    allowed = {check for check, yes in answers.items() if yes}
+    assert allowed == used & set(checks)
