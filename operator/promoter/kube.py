@@ -139,17 +139,6 @@ class Kube:
 
     # --- promotions ---------------------------------------------------------------------
 
-    def get_promotion(self, namespace: str, name: str) -> dict[str, Any] | None:
-        group, version, plural = PROMOTIONS
-        try:
-            return dict(self._call(f"reading ModelPromotion {namespace}/{name}",
-                                   lambda: self.custom.get_namespaced_custom_object(
-                                       group, version, namespace, plural, name)))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise self._refused(f"reading ModelPromotion {namespace}/{name}", e) from None
-
     def list_promotions(self, namespace: str) -> list[dict[str, Any]]:
         group, version, plural = PROMOTIONS
         try:

@@ -66,7 +66,9 @@ def mlflow_env(devstack: stack.State) -> dict[str, str]:
 class Operator:
     """The operator as a process of its own: `kopf run -m promoter.handlers`."""
 
-    def __init__(self, devstack: stack.State, log: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, devstack: stack.State, log: Path, extra_env: dict[str, str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.args = args or ["--all-namespaces"]
         self.devstack, self.log = devstack, log
         self.metrics_port = stack.free_port()
         self.env = {
@@ -89,7 +91,7 @@ class Operator:
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "-m", "promoter.handlers", "--standalone",
-             "--all-namespaces", "--verbose"],
+             *self.args, "--verbose"],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
         )
         deadline = time.monotonic() + 60
