@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class ConfigError(ValueError):
@@ -55,7 +55,6 @@ class Settings:
     storage_secret: str = "minio-credentials"
     # Where MLflow's s3:// artifacts live; the target storage endpoint unless set.
     artifact_endpoint: str = ""
-    namespaces: tuple[str, ...] = field(default_factory=tuple)
     http_timeout: float = 10.0
     run_wait_timeout: float = 3600.0
     retry_delay: float = 10.0
@@ -71,7 +70,6 @@ class Settings:
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
-    namespaces = tuple(n.strip() for n in env.get("PROMOTER_NAMESPACES", "").split(",") if n.strip())
     storage = _url(env, "PROMOTER_STORAGE_ENDPOINT", Settings.storage_endpoint)
     artifact = env.get("PROMOTER_ARTIFACT_S3_ENDPOINT", "")
     if artifact:
@@ -81,7 +79,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         storage_endpoint=storage,
         storage_secret=env.get("PROMOTER_STORAGE_SECRET") or Settings.storage_secret,
         artifact_endpoint=artifact,
-        namespaces=namespaces,
         http_timeout=_float(env, "PROMOTER_HTTP_TIMEOUT", Settings.http_timeout, 0.5, 300),
         run_wait_timeout=_float(env, "PROMOTER_RUN_WAIT_TIMEOUT", Settings.run_wait_timeout, 1, 7 * 86400),
         retry_delay=_float(env, "PROMOTER_RETRY_DELAY", Settings.retry_delay, 0.1, 3600),
