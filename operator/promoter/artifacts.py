@@ -29,6 +29,8 @@ from . import faults
 from .errors import ArtifactTampered, CredentialsProblem, ModelNotFound, Unavailable
 
 MANIFEST = "promotion-manifest.json"
+# 10,000 files (PROMOTER_MAX_FILES at most) with 1 KiB keys stay below this; Store.read's 4 MiB did not.
+MANIFEST_LIMIT = 16 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
 CHUNK = 1024 * 1024
 COPY_OBJECT_LIMIT = 5 * 1024**3
@@ -218,7 +220,7 @@ class Copier:
 
     def existing(self, source_files: dict[str, FileEntry] | None = None) -> CopyResult | None:
         """A verified copy already there, or None; ArtifactTampered when it was changed."""
-        raw = self.target.read(self.bucket, self.manifest_key)
+        raw = self.target.read(self.bucket, self.manifest_key, MANIFEST_LIMIT)
         if raw is None:
             return None
         try:

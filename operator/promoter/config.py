@@ -62,6 +62,10 @@ class Settings:
     workers: int = 8
     drift_interval: float = 300.0
     metrics_port: int = 8080
+    # A model folder beyond these is Rejected before anything is copied: a folder of thousands of
+    # files is a dataset logged as the model, and the manifest of each file must stay small.
+    max_files: int = 1000
+    max_bytes: int = 10 * 1024**3
 
     @property
     def artifact_s3_endpoint(self) -> str:
@@ -86,4 +90,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         workers=_int(env, "PROMOTER_WORKERS", Settings.workers, 1, 128),
         drift_interval=_float(env, "PROMOTER_DRIFT_INTERVAL", Settings.drift_interval, 5, 86400),
         metrics_port=_int(env, "PROMOTER_METRICS_PORT", Settings.metrics_port, 0, 65535),
+        max_files=_int(env, "PROMOTER_MAX_FILES", Settings.max_files, 1, 10_000),
+        max_bytes=_int(env, "PROMOTER_MAX_BYTES", Settings.max_bytes, 1, 5 * 1024**4),
     )

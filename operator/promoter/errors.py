@@ -11,6 +11,7 @@
     │   ├── GatesFailed           a metric missed its gate             reason GatesFailed
     │   ├── ModelNotFound         the run has no such model            reason ModelNotFound
     │   ├── IncompatibleModel     the server cannot load the model     reason IncompatibleModel
+    │   ├── ModelTooLarge         over PROMOTER_MAX_FILES / _BYTES     reason ModelTooLarge
     │   ├── CredentialsProblem    Secret missing or lacks a key        reason CredentialsInvalid
     │   └── ArtifactTampered      copy does not match its manifest     reason ArtifactTampered
     └── Waiting                   temporary: retry after .delay seconds; .upstream names whom
@@ -135,6 +136,19 @@ class IncompatibleModel(Rejected):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem}; to fix: {fix}")
+
+
+class ModelTooLarge(Rejected):
+    """The model folder is over an operator bound; ``setting`` names it, e.g. PROMOTER_MAX_FILES."""
+
+    reason = "ModelTooLarge"
+
+    def __init__(self, what: str, found: int, unit: str, setting: str, limit: int) -> None:
+        self.found = found
+        self.setting = setting
+        self.limit = limit
+        super().__init__(f"{what} has {found} {unit}, over the operator's limit {setting}={limit}; "
+                         "nothing was copied (log a smaller model folder or raise the limit)")
 
 
 class CredentialsProblem(Rejected):

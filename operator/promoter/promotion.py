@@ -19,7 +19,7 @@ import base64
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,6 +224,14 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
                  f"{result.files} files, {result.bytes} bytes at {st.model.model_uri} ({result.mode})")
 
     _, previous = _deploy(ctx, namespace, name, spec, result.digest, keys)
+    # Another promotion of the same deployment may have written it after us (both in flight at
+    # once): the later one wins, so say Superseded now rather than at the next drift check.
+    now_serving = ((ctx.kube.get_seldon(namespace, spec.target.seldon_deployment.name) or {})
+                   .get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
+    if now_serving and now_serving != name:
+        st.model.observed_generation = st.generation
+        message = _superseded(st, now_serving, spec.target.seldon_deployment.name)
+        return Outcome(st.changes(), [Event("Normal", "Superseded", message)])
     message = (f"promoted: {verdict.message.removeprefix('gates passed: ')}; "
                f"{spec.target.seldon_deployment.name} now serves run {spec.source.run_id}")
     st.model.phase = Phase.PROMOTED
@@ -350,23 +358,36 @@ def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, d
 
     annotations = {PROMOTION_ANNOTATION: name, RUN_ANNOTATION: spec.source.run_id, DIGEST_ANNOTATION: digest}
     desired = seldon.render_seldon_deployment(target, namespace, model_uri(spec), {}, annotations)
-    written = ctx.kube.ensure_seldon(namespace, target.name, lambda have: seldon.merge_owned(have, desired))
+    taken_from: set[str] = set()  # the promotion the deployment named before this write
+
+    def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
+        owner = ((have or {}).get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
+        taken_from.clear()
+        taken_from.update([str(owner)] if owner and owner != name else [])
+        return seldon.merge_owned(have, desired)
+
+    written = ctx.kube.ensure_seldon(namespace, target.name, merge)
     faults.checkpoint("after-seldon")
     wrote = wrote or written != "unchanged"
     if written == "unchanged":
         return wrote, []
-    return wrote, _supersede_others(ctx, namespace, name, target.name)
+    return wrote, _supersede_others(ctx, namespace, name, target.name, taken_from)
 
 
-def _supersede_others(ctx: Context, namespace: str, name: str, deployment: str) -> list[str]:
+def _supersede_others(ctx: Context, namespace: str, name: str, deployment: str,
+                      taken_from: Collection[str] = ()) -> list[str]:
     """Level-based: every other Promoted promotion of this deployment is now Superseded, also
-    when an earlier reconcile died between writing the deployment and saying so."""
+    when an earlier reconcile died between writing the deployment and saying so; and the one
+    the deployment was just taken from, even when its own status has not said Promoted yet."""
     marked = []
     for body in ctx.kube.list_promotions(namespace):
         other = str(body.get("metadata", {}).get("name"))
         target = ((body.get("spec") or {}).get("target") or {}).get("seldonDeployment") or {}
         stored = body.get("status") or {}
-        if other == name or target.get("name") != deployment or stored.get("phase") != Phase.PROMOTED.value:
+        phase = stored.get("phase")
+        claims = phase == Phase.PROMOTED.value or (
+            other in taken_from and phase not in (Phase.SUPERSEDED.value, Phase.REJECTED.value, Phase.FAILED.value))
+        if other == name or target.get("name") != deployment or not claims:
             continue
         st = _Status(stored, int(body.get("metadata", {}).get("generation") or 0))
         _superseded(st, name, deployment)
