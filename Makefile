@@ -33,6 +33,9 @@ test: $(STAMP) ## unit + integration tests (integration on a devstack of their o
 test-unit: $(STAMP) ## pure tests, no network
 	$(PY) -m pytest tests/unit
 
+test-faults: $(STAMP) ## the whole fault suite (every crash point and outage; make test runs a subset), ~3 min
+	FAULTS_FULL=1 $(PY) -m pytest -m faults tests/integration
+
 # -s: the cluster steps take minutes; their progress shows as it happens.
 test-e2e: $(STAMP) ## kind end-to-end tests (needs Docker and kind)
 	$(PY) -m pytest -s tests/e2e
@@ -77,4 +80,4 @@ lint: $(STAMP) $(ACTIONLINT) ## ruff, mypy, hadolint (Dockerfiles), shellcheck (
 	shellcheck $(SHELL_SCRIPTS)
 	$(ACTIONLINT)
 
-.PHONY: help install demo up down test test-unit test-e2e crds run deploy undeploy lint
+.PHONY: help install demo up down test test-unit test-faults test-e2e crds run deploy undeploy lint

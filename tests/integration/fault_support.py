@@ -1,0 +1,206 @@
+"""What the fault suite injects faults with and records evidence by: operators (one limited to a
+namespace may carry a crash point), a server killed outright, a watcher that keeps
+every version of the SeldonDeployments, and readers of the operator's log and the bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from minio.error import S3Error
+
+from devstack import stack
+
+from .conftest import REPO, Operator
+from .helpers import s3
+
+SELDON = ("machinelearning.seldon.io", "v1", "seldondeployments")
+MANIFEST = "promotion-manifest.json"
+
+
+class FaultOperator(Operator):
+    """The operator watching the namespaces given, or all of them (``namespaces=None``)."""
+
+    def __init__(self, devstack: stack.State, log: Path, namespaces: list[str] | None,
+                 extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(devstack, log, extra_env)
+        self.args = [f"--namespace={ns}" for ns in namespaces] if namespaces else ["--all-namespaces"]
+
+    def start(self) -> None:
+        self.offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kopf", "run", "-m", "promoter.handlers", "--standalone", *self.args,
+                 "--verbose"],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"operator exited at start:\n{self.text()[-3000:]}")
+            if "settings: tracking" in self.since_start():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"operator not started after 60s:\n{self.text()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_dead(self, timeout: float) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def invocations(self, namespace: str, name: str, handler: str = "reconcile") -> list[float]:
+        """Times (epoch seconds) at which kopf invoked the handler for one object, whole log."""
+        pattern = re.compile(rf"^\[(\S+ \S+)\] .*\[{re.escape(namespace)}/{re.escape(name)}\] "
+                             rf"Handler '{re.escape(handler)}' is invoked", re.M)
+        return [_log_time(m.group(1)) for m in pattern.finditer(self.text())]
+
+    def tracebacks(self) -> int:
+        return self.text().count("Traceback (most recent call last)")
+
+
+def _log_time(stamp: str) -> float:
+    return time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(stamp.split(",")[1]) / 1000
+
+
+def kill_component(devstack: stack.State, name: str) -> None:
+    """SIGKILL one server's whole process group: a crash, not a shutdown (weed takes ~30 s on SIGTERM)."""
+    for proc in devstack.processes:
+        if proc.name == name and stack.alive(proc):
+            os.killpg(proc.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while stack.alive(proc) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not stack.alive(proc), f"{name} still runs after SIGKILL"
+
+
+def api(devstack: stack.State, user_agent: str = "fault-suite") -> client.ApiClient:
+    c = config.new_client_from_config(devstack.kubeconfig)  # type: ignore[no-untyped-call]
+    c.user_agent = user_agent
+    return c
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(every)
+
+
+def bucket_listing(devstack: stack.State, bucket: str = "models", prefix: str = "") -> dict[str, str]:
+    """key -> ETag of every object under prefix."""
+    return {str(o.object_name): str(o.etag) for o in s3(devstack).list_objects(bucket, prefix=prefix, recursive=True)}
+
+
+def manifest_problems(devstack: stack.State, model_uri: str) -> list[str]:
+    """What is wrong with the copy at model_uri: no manifest, or files that do not match it."""
+    bucket, _, prefix = model_uri.removeprefix("s3://").partition("/")
+    client_ = s3(devstack)
+    try:
+        response = client_.get_object(bucket, f"{prefix}/{MANIFEST}")
+    except S3Error as e:
+        return [f"{model_uri}: no manifest ({e.code})"]
+    try:
+        manifest = json.loads(response.read())
+    finally:
+        response.close()
+        response.release_conn()
+    problems = []
+    for entry in manifest["files"]:
+        data = client_.get_object(bucket, f"{prefix}/{entry['path']}")
+        try:
+            digest = hashlib.sha256(data.read()).hexdigest()
+        finally:
+            data.close()
+            data.release_conn()
+        if digest != entry["sha256"]:
+            problems.append(f"{model_uri}/{entry['path']}: sha256 {digest} != manifest {entry['sha256']}")
+    return problems
+
+
+@dataclass
+class Seen:
+    """One version of a SeldonDeployment as the watch delivered it."""
+
+    type: str
+    resource_version: str
+    model_uri: str
+    promotion: str
+    created: str
+    manifest_at_event: bool  # the manifest existed when the event arrived
+    at: float = field(default_factory=time.time)
+
+
+class SeldonWatcher:
+    """Records every version of the SeldonDeployments in a namespace, checking at each event
+    that the prefix it points at already holds a manifest. The watch starts at the
+    resourceVersion of a list made in ``start``, so no version is missed."""
+
+    def __init__(self, devstack: stack.State, namespace: str) -> None:
+        self.devstack, self.namespace = devstack, namespace
+        self.custom = client.CustomObjectsApi(api(devstack, "fault-watcher"))
+        self.seen: list[Seen] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._rv = ""
+
+    def start(self) -> SeldonWatcher:
+        group, version, plural = SELDON
+        listed = self.custom.list_namespaced_custom_object(group, version, self.namespace, plural)
+        for obj in listed.get("items", []):
+            self._record("EXISTING", obj)
+        self._rv = listed["metadata"]["resourceVersion"]
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Seen]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.seen
+
+    def _run(self) -> None:
+        group, version, plural = SELDON
+        while not self._stop.is_set():
+            try:
+                for event in watch.Watch().stream(self.custom.list_namespaced_custom_object, group, version,
+                                                  self.namespace, plural, resource_version=self._rv,
+                                                  timeout_seconds=1, allow_watch_bookmarks=False):
+                    obj = event["object"]
+                    self._rv = obj["metadata"]["resourceVersion"]
+                    self._record(event["type"], obj)
+            except Exception as e:  # noqa: BLE001 - kept as evidence, the test asserts none
+                self.errors.append(repr(e))
+                time.sleep(0.2)
+
+    def _record(self, type_: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata", {})
+        uri = obj["spec"]["predictors"][0]["graph"].get("modelUri", "")
+        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+        try:
+            s3(self.devstack).stat_object(bucket, f"{prefix}/{MANIFEST}")
+            present = True
+        except S3Error:
+            present = False
+        self.seen.append(Seen(type_, str(meta.get("resourceVersion")), uri,
+                              (meta.get("annotations") or {}).get("mlops.dev/promotion", ""),
+                              str(meta.get("creationTimestamp")), present))
