@@ -135,8 +135,12 @@ def operator(devstack: stack.State, crd: None, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture
 def namespace(devstack: stack.State, crd: None) -> str:
+    return new_namespace(devstack)
+
+
+def new_namespace(devstack: stack.State, prefix: str = "t") -> str:
     """A fresh namespace (devstack never finishes deleting one) with the storage Secret."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     devstack.kubectl("create", "namespace", name)
     devstack.kubectl("-n", name, "create", "secret", "generic", STORAGE_SECRET,
                      f"--from-literal=AWS_ACCESS_KEY_ID={devstack.s3_access_key}",

@@ -9,8 +9,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from minio.error import S3Error
 
 from devstack import stack
 
-from .conftest import REPO, Operator
+from .conftest import Operator
 from .helpers import s3
 
 SELDON = ("machinelearning.seldon.io", "v1", "seldondeployments")
@@ -35,25 +33,8 @@ class FaultOperator(Operator):
 
     def __init__(self, devstack: stack.State, log: Path, namespaces: list[str] | None,
                  extra_env: dict[str, str] | None = None) -> None:
-        super().__init__(devstack, log, extra_env)
-        self.args = [f"--namespace={ns}" for ns in namespaces] if namespaces else ["--all-namespaces"]
-
-    def start(self) -> None:
-        self.offset = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kopf", "run", "-m", "promoter.handlers", "--standalone", *self.args,
-                 "--verbose"],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited at start:\n{self.text()[-3000:]}")
-            if "settings: tracking" in self.since_start():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"operator not started after 60s:\n{self.text()[-3000:]}")
+        super().__init__(devstack, log, extra_env,
+                         args=[f"--namespace={ns}" for ns in namespaces] if namespaces else None)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

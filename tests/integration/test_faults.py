@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from kubernetes.client.exceptions import ApiException
 
 from devstack import stack
 
+from . import conftest
 from .conftest import STORAGE_SECRET, Operator
 from .fault_specs import TABLE, Case, base, mutate, mutations, names_a_field
 from .fault_support import (
@@ -118,12 +118,7 @@ def fruns(mlflow_env: dict[str, str]) -> dict[str, str]:
 
 
 def new_namespace(devstack: stack.State) -> str:
-    name = f"f-{uuid.uuid4().hex[:8]}"
-    devstack.kubectl("create", "namespace", name)
-    devstack.kubectl("-n", name, "create", "secret", "generic", STORAGE_SECRET,
-                     f"--from-literal=AWS_ACCESS_KEY_ID={devstack.s3_access_key}",
-                     f"--from-literal=AWS_SECRET_ACCESS_KEY={devstack.s3_secret_key}")
-    return name
+    return conftest.new_namespace(devstack, "f")
 
 
 @pytest.fixture
