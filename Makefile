@@ -73,7 +73,7 @@ $(ACTIONLINT):
 	GOBIN=$(abspath $(dir $@)) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
 lint: $(STAMP) $(ACTIONLINT) ## ruff, mypy, hadolint (Dockerfiles), shellcheck (scripts), actionlint (workflows)
-	$(VENV)/bin/ruff check operator devstack tests experiments
+	$(VENV)/bin/ruff check operator devstack tests experiments bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint Dockerfile experiments/Dockerfile
 	@command -v shellcheck >/dev/null || { echo "shellcheck is not installed: apt-get install -y shellcheck (Debian/Ubuntu), brew install shellcheck (macOS)"; exit 1; }

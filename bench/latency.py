@@ -1,0 +1,232 @@
+"""Latency: ``kubectl apply`` of a ModelPromotion -> status Promoted, and -> SeldonDeployment
+written, for a ~1 MiB model; against the same steps scripted by hand in the same run.
+
+    .venv/bin/python bench/latency.py [--promotions 60] [--size-mib 1] [--profile]
+
+One MLflow run (MLflow 2 layout, rf-regressor plus a --size-mib weights.bin). Every promotion
+is a real one: its own ModelPromotion, its own SeldonDeployment and rclone Secret (both created),
+and its own storage prefix (``oplat<i>``), so every promotion copies and verifies the files
+(no reuse). The hand baseline (``handlat<i>``), interleaved with the operator's promotions:
+one ``runs/get`` (requests), a listing and a server-side CopyObject per file plus a manifest put
+(minio), a Secret create and a SeldonDeployment create (kubernetes client), with long-lived
+clients. Overhead = operator - baseline. Times start before ``kubectl apply`` is spawned; the
+"created ->" columns start when the benchmark's watch saw the object (kubectl's own cost removed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+from common import GROUP, PLURAL, SELDON, VERSION, log
+
+NS = "bench-lat"
+
+
+class Timings:
+    def __init__(self) -> None:
+        self.created: dict[str, float] = {}
+        self.promoted: dict[str, float] = {}
+        self.failed: dict[str, str] = {}
+        self.sdep: dict[str, float] = {}
+        self.cond = threading.Condition()
+
+    def on_mp(self, kind: str, obj: dict[str, Any], t: float) -> None:
+        name = obj["metadata"]["name"]
+        with self.cond:
+            self.created.setdefault(name, t)
+            ph = common.phase(obj)
+            if ph == "Promoted":
+                self.promoted.setdefault(name, t)
+            elif ph in ("Rejected", "Failed"):
+                self.failed[name] = (obj.get("status") or {}).get("message", ph)
+            self.cond.notify_all()
+
+    def on_sdep(self, kind: str, obj: dict[str, Any], t: float) -> None:
+        owner = (obj["metadata"].get("annotations") or {}).get("mlops.dev/promotion")
+        if owner:
+            with self.cond:
+                self.sdep.setdefault(owner, t)
+                self.cond.notify_all()
+
+    def wait(self, name: str, timeout: float = 120) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: name in self.failed or (name in self.promoted and name in self.sdep),
+                                    timeout)
+        if name in self.failed:
+            raise RuntimeError(f"{name} ended {self.failed[name]}")
+        if not ok:
+            raise RuntimeError(f"{name} not promoted after {timeout}s")
+
+
+class Hand:
+    """The same steps scripted by hand, with long-lived clients."""
+
+    def __init__(self, state: Any, api: Any, run_id: str) -> None:
+        import requests
+        from kubernetes import client
+        from minio import Minio
+
+        from promoter.spec import parse_spec
+
+        self.state, self.run_id = state, run_id
+        self.http = requests.Session()
+        self.s3 = Minio(state.s3_endpoint.removeprefix("http://"), access_key=state.s3_access_key,
+                        secret_key=state.s3_secret_key, secure=False)
+        self.core, self.custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        self.parse_spec = parse_spec
+
+    def promote(self, i: int) -> float:
+        from minio.commonconfig import CopySource
+
+        from promoter import seldon
+
+        name = f"hand-{i:03d}"
+        spec = self.parse_spec(common.promotion(name, self.run_id, name, f"handlat{i}", f"rclone-{name}")["spec"])
+        t0 = time.monotonic()
+        r = self.http.get(f"{self.state.mlflow_uri}/api/2.0/mlflow/runs/get", params={"run_id": self.run_id},
+                          timeout=10)
+        r.raise_for_status()
+        info = r.json()["run"]["info"]
+        assert info["status"] == "FINISHED"
+        bucket, _, key = info["artifact_uri"].removeprefix("s3://").partition("/")
+        src = f"{key.rstrip('/')}/rf-regressor/"
+        dst = f"handlat{i}/{self.run_id}/"
+        files = []
+        for o in self.s3.list_objects(bucket, prefix=src, recursive=True):
+            rel = o.object_name[len(src):]
+            res = self.s3.copy_object("models", dst + rel, CopySource(bucket, o.object_name))
+            files.append({"path": rel, "size": o.size, "etag": res.etag})
+        raw = json.dumps({"files": files}).encode()
+        import io
+
+        self.s3.put_object("models", dst + "promotion-manifest.json", io.BytesIO(raw), len(raw))
+        secret = seldon.render_rclone_secret(f"rclone-{name}", NS, self.state.s3_endpoint,
+                                             self.state.s3_access_key, self.state.s3_secret_key, {})
+        self.core.create_namespaced_secret(NS, secret)
+        sdep = seldon.render_seldon_deployment(spec.target.seldon_deployment, NS, f"s3://models/{dst}", {},
+                                               {"mlops.dev/promotion": name})
+        self.custom.create_namespaced_custom_object(*SELDON[:2], NS, SELDON[2], sdep)
+        return time.monotonic() - t0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--promotions", type=int, default=60)
+    parser.add_argument("--size-mib", type=float, default=1.0)
+    parser.add_argument("--profile", action="store_true", help="py-spy record the operator during the run")
+    parser.add_argument("--verbose-operator", action="store_true")
+    parser.add_argument("--operator-env", action="append", default=[], metavar="K=V",
+                        help="extra environment for the operator (experiments: MALLOC_ARENA_MAX=2, PROMOTER_WORKERS=4)")
+    parser.add_argument("--operator-module", default="promoter.handlers",
+                        help="kopf -m module (experiments in bench/experiments/)")
+    parser.add_argument("--tag", default="", help="write results/<name>-<tag>.json (experiments)")
+    args = parser.parse_args()
+    op_env = dict(kv.split("=", 1) for kv in args.operator_env)
+    res = common.Result("latency" + (args.tag and "-" + args.tag or ""))
+    with common.devstack("latency") as state:
+        common.namespace(state, NS)
+        run_id = common.log_runs(state, 1, int(args.size_mib * 1024 * 1024), "bench-latency")[0]
+        api = common.kube_client(state)
+        tm = Timings()
+        watchers = [common.Watcher(api, (GROUP, VERSION, PLURAL), tm.on_mp), common.Watcher(api, SELDON, tm.on_sdep)]
+        for w in watchers:
+            w.start()
+            w.ready.wait(30)
+        hand = Hand(state, api, run_id)
+        audit = common.Audit(state)
+        oplog = Path(state.home) / "logs" / "operator.log"
+        op = common.Operator(state, oplog, op_env, verbose=args.verbose_operator, module=args.operator_module)
+        op.start()
+        prof = None
+        try:
+            def apply(name: str, i: int) -> float:
+                obj = common.promotion(name, run_id, name, f"oplat{i}", f"rclone-{name}")
+                t0 = time.monotonic()
+                state.kubectl("-n", NS, "apply", "-f", "-", input=json.dumps(obj))
+                return t0
+
+            # warm-up, not counted: first imports, connections, kubectl's discovery cache
+            t0 = apply("warmup", 9999)
+            tm.wait("warmup")
+            first = {"to_promoted": tm.promoted["warmup"] - t0, "to_sdep": tm.sdep["warmup"] - t0}
+            hand.promote(9999)
+            time.sleep(1)
+            if args.profile:
+                prof = common.Profiler(op.pid, common.RESULTS / "latency.pyspy.txt")
+            mark = audit.mark()
+            m0 = op.metrics()
+            rows: list[dict[str, float]] = []
+            for i in range(args.promotions):
+                base = hand.promote(i)
+                name = f"lat-{i:03d}"
+                t0 = apply(name, i)
+                t_applied = time.monotonic()
+                tm.wait(name)
+                rows.append({"baseline": base, "kubectl_apply": t_applied - t0,
+                             "to_promoted": tm.promoted[name] - t0, "to_sdep": tm.sdep[name] - t0,
+                             "created_to_promoted": tm.promoted[name] - tm.created[name],
+                             "created_to_sdep": tm.sdep[name] - tm.created[name]})
+                if (i + 1) % 10 == 0:
+                    log(f"{i + 1}/{args.promotions}: last apply->Promoted {rows[-1]['to_promoted']:.3f}s, "
+                        f"baseline {base:.3f}s")
+            m1 = op.metrics()
+            time.sleep(1)
+            reqs = audit.requests(mark) if audit.available else []
+            profile = prof.stop() if prof else {}
+        finally:
+            op.stop()
+            for w in watchers:
+                w.stop()
+
+    cols = ["baseline", "to_promoted", "to_sdep", "created_to_promoted", "created_to_sdep", "kubectl_apply"]
+    stats = {c: common.summary([r[c] for r in rows]) for c in cols}
+    base = stats["baseline"]
+    labels = {"baseline": "hand-scripted baseline", "to_promoted": "apply -> Promoted",
+              "to_sdep": "apply -> SeldonDeployment written", "created_to_promoted": "created -> Promoted",
+              "created_to_sdep": "created -> SeldonDeployment", "kubectl_apply": "kubectl apply itself"}
+    table_rows = [[labels[c], stats[c]["p50"], stats[c]["p95"], stats[c]["p99"], stats[c]["mean"],
+                   stats[c]["p50"] / base["p50"] if c != "baseline" else 1.0] for c in cols]
+
+    def delta(name: str) -> float:
+        return m1.get(name, 0.0) - m0.get(name, 0.0)
+
+    n = len(rows)
+    reconcile_mean = delta("modelpromotion_reconcile_duration_seconds_sum") / max(
+        1.0, delta("modelpromotion_reconcile_duration_seconds_count"))
+    copy_mean = delta('modelpromotion_copy_duration_seconds_sum{mode="server-side"}') / max(
+        1.0, delta('modelpromotion_copy_duration_seconds_count{mode="server-side"}'))
+    res.tables.append(common.table(
+        f"latency: {n} promotions of a {args.size_mib:g} MiB model, seconds (noisy shared machine: "
+        "compare ratios)", ["step", "p50", "p95", "p99", "mean", "p50/baseline"], table_rows))
+    res.tables.append(common.table("latency: decomposition (means, seconds)", ["what", "value"], [
+        ["operator reconcile() (its Prometheus histogram)", reconcile_mean],
+        ["  of which copy+verify (server-side)", copy_mean],
+        ["overhead p50: apply->Promoted - baseline", stats["to_promoted"]["p50"] - base["p50"]],
+        ["overhead p50: created->Promoted - baseline", stats["created_to_promoted"]["p50"] - base["p50"]],
+        ["first promotion (warm-up), apply->Promoted", first["to_promoted"]],
+    ]))
+    per = common.tally(reqs)
+    if reqs:
+        res.tables.append(common.table(
+            f"latency: API requests by the operator per promotion (audit log, user {common.OPERATOR_USER})",
+            ["verb resource (client)", "per promotion"], [[k, v / n] for k, v in per.items()]))
+    res.data.update({"promotions": n, "size_mib": args.size_mib, "run_id": run_id, "copy_reused": False,
+                     "stats": stats, "rows": rows, "first": first, "reconcile_mean_s": reconcile_mean,
+                     "copy_mean_s": copy_mean, "api_requests_per_promotion": len(reqs) / n if reqs else None,
+                     "api_requests_by_kind": per, "profile": profile})
+    if profile:
+        res.tables.append(common.profile_table("latency: operator profile", profile))
+    res.target("apply->Promoted p50", stats["to_promoted"]["p50"], 0.5, "s")
+    res.target("apply->Promoted p99", stats["to_promoted"]["p99"], 2.0, "s")
+    res.write()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
