@@ -258,6 +258,9 @@ class Copier:
         def tick(n: int) -> None:
             with lock:
                 done["bytes"] += n
+                now = (done["files"], done["bytes"])
+            if on_progress:  # the reporter throttles; a single large file shows progress too
+                on_progress(now[0], len(files), now[1], total_bytes)
 
         def one(entry: FileEntry) -> FileEntry:
             src_key, dst_key = f"{source.prefix}/{entry.path}", f"{self.prefix}/{entry.path}"
@@ -307,7 +310,10 @@ class Copier:
             response = source.store.client.get_object(source.bucket, src_key)
             try:
                 reader = _HashingReader(cast(BinaryIO, response), tick)
-                self.target.client.put_object(self.bucket, dst_key, cast(BinaryIO, reader), size, part_size=PART_SIZE)
+                # One part in flight per file: memory is PART_SIZE x copy concurrency, whatever
+                # the model's size (minio's default of 3 parallel parts made it grow with it).
+                self.target.client.put_object(self.bucket, dst_key, cast(BinaryIO, reader), size,
+                                              part_size=PART_SIZE, num_parallel_uploads=1)
                 return reader.digest.hexdigest()
             finally:
                 response.close()

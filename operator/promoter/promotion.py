@@ -19,7 +19,7 @@ import base64
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,8 @@ PROMOTION_ANNOTATION = "mlops.dev/promotion"
 RUN_ANNOTATION = "mlops.dev/run-id"
 DIGEST_ANNOTATION = "mlops.dev/artifact-digest"
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Phases in which a promotion claims no SeldonDeployment (until its spec changes).
+SETTLED_ASIDE = ("Superseded", "Rejected", "Failed")
 PROGRESS_EVERY = 2.0  # seconds between progress patches while copying
 
 
@@ -115,7 +117,11 @@ class _Status:
         return out
 
 
-def reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:
+Peers = Iterable[Mapping[str, Any]]
+"""The other promotions of the same SeldonDeployment that may claim it (from the handlers' index)."""
+
+
+def reconcile(ctx: Context, body: Mapping[str, Any], waited: float, peers: Peers = ()) -> Outcome:
     """``waited``: seconds this generation has been retried for (kopf's runtime)."""
     meta = body.get("metadata", {})
     namespace, name = str(meta.get("namespace")), str(meta.get("name"))
@@ -127,8 +133,8 @@ def reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:
         if settled and st.model.phase in (Phase.REJECTED, Phase.SUPERSEDED, Phase.FAILED):
             return Outcome()
         if settled and st.model.phase is Phase.PROMOTED:
-            return _check_promoted(ctx, namespace, name, spec, st)
-        return _promote(ctx, namespace, name, spec, st, waited)
+            return _check_promoted(ctx, namespace, name, spec, st, peers)
+        return _promote(ctx, namespace, name, spec, st, waited, peers)
     except Rejected as e:
         return _rejected(ctx, st, e)
     except Waiting as e:
@@ -170,7 +176,7 @@ def _waiting(ctx: Context, st: _Status, e: Waiting) -> Outcome:
 
 
 def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, st: _Status,
-             waited: float) -> Outcome:
+             waited: float, peers: Peers) -> Outcome:
     s = ctx.settings
     st.model.run_id = spec.source.run_id
     st.model.deployment = spec.target.seldon_deployment.name
@@ -223,7 +229,7 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     st.condition("ArtifactCopied", "True", "Verified" if result.mode != "reused" else "Reused",
                  f"{result.files} files, {result.bytes} bytes at {st.model.model_uri} ({result.mode})")
 
-    _, previous = _deploy(ctx, namespace, name, spec, result.digest, keys)
+    _, previous = _deploy(ctx, namespace, name, spec, result.digest, keys, peers)
     # Another promotion of the same deployment may have written it after us (both in flight at
     # once): the later one wins, so say Superseded now rather than at the next drift check.
     now_serving = ((ctx.kube.get_seldon(namespace, spec.target.seldon_deployment.name) or {})
@@ -305,23 +311,20 @@ def _copy(ctx: Context, namespace: str, name: str, copier: Copier, folder: Model
     reused = copier.existing(dict(files))
     if reused is not None:
         return reused
-    total = sum(f.size for f in files.values())
-    ctx.kube.patch_status(namespace, name, {
-        "phase": Phase.COPYING.value,
-        "message": f"copying {len(files)} files ({total} bytes) to {copier.uri}",
-        "progress": Progress(files_done=0, files_total=len(files), bytes_done=0,
-                             bytes_total=total).model_dump(by_alias=True),
-    })
     lock, last = threading.Lock(), [time.monotonic()]
 
     def report(files_done: int, files_total: int, bytes_done: int, bytes_total: int) -> None:
+        # Every PROGRESS_EVERY seconds at most; a copy shorter than that writes no progress at
+        # all (the final status says it all, and the write would sit on the critical path).
         with lock:
             if time.monotonic() - last[0] < PROGRESS_EVERY:
-                return  # the final status replaces progress; small copies report none
+                return
             last[0] = time.monotonic()
-        ctx.kube.patch_status(namespace, name, {"progress": Progress(
-            files_done=files_done, files_total=files_total, bytes_done=bytes_done,
-            bytes_total=bytes_total).model_dump(by_alias=True)})
+        ctx.kube.patch_status(namespace, name, {
+            "phase": Phase.COPYING.value,
+            "message": f"copying {files_total} files ({bytes_total} bytes) to {copier.uri}",
+            "progress": Progress(files_done=files_done, files_total=files_total, bytes_done=bytes_done,
+                                 bytes_total=bytes_total).model_dump(by_alias=True)})
 
     started = time.monotonic()
     result = copier.copy(folder, dict(files), {"runId": spec.source.run_id,
@@ -346,7 +349,7 @@ def _rclone_merge(desired: dict[str, Any]) -> Callable[[dict[str, Any] | None], 
 
 
 def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, digest: str,
-            keys: tuple[str, str, str]) -> tuple[bool, list[str]]:
+            keys: tuple[str, str, str], peers: Peers) -> tuple[bool, list[str]]:
     """Write the rclone Secret, then the SeldonDeployment; mark the promotions it took the
     deployment from Superseded. Returns (whether a child was written, those promotions)."""
     access, secret, _ = keys
@@ -371,16 +374,16 @@ def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, d
     wrote = wrote or written != "unchanged"
     if written == "unchanged":
         return wrote, []
-    return wrote, _supersede_others(ctx, namespace, name, target.name, taken_from)
+    return wrote, _supersede_others(ctx, namespace, name, target.name, peers, taken_from)
 
 
-def _supersede_others(ctx: Context, namespace: str, name: str, deployment: str,
+def _supersede_others(ctx: Context, namespace: str, name: str, deployment: str, peers: Peers,
                       taken_from: Collection[str] = ()) -> list[str]:
     """Level-based: every other Promoted promotion of this deployment is now Superseded, also
     when an earlier reconcile died between writing the deployment and saying so; and the one
     the deployment was just taken from, even when its own status has not said Promoted yet."""
     marked = []
-    for body in ctx.kube.list_promotions(namespace):
+    for body in peers:
         other = str(body.get("metadata", {}).get("name"))
         target = ((body.get("spec") or {}).get("target") or {}).get("seldonDeployment") or {}
         stored = body.get("status") or {}
@@ -410,7 +413,7 @@ def _superseded(st: _Status, by: str, deployment: str) -> str:
 
 
 def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec,
-                    st: _Status) -> Outcome:
+                    st: _Status, peers: Peers) -> Outcome:
     target = spec.target.seldon_deployment
     current = ctx.kube.get_seldon(namespace, target.name)
     owner = ((current or {}).get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
@@ -424,7 +427,7 @@ def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotio
     result = copier.existing()  # ArtifactTampered propagates: reported, serving left alone
     if result is None:
         raise ArtifactTampered(copier.uri, "the manifest is gone")
-    restored, _ = _deploy(ctx, namespace, name, spec, result.digest, keys)
+    restored, _ = _deploy(ctx, namespace, name, spec, result.digest, keys, peers)
     events = []
     if restored:
         events.append(Event("Normal", "Restored", f"restored the rclone Secret or SeldonDeployment "
