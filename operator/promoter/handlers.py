@@ -54,49 +54,25 @@ def _apply(outcome: promotion.Outcome, body: kopf.Body, patch: kopf.Patch, retry
         raise kopf.PermanentError(outcome.rejected.message)
 
 
-def _deployment(spec: Any) -> str:
-    return str(((spec or {}).get("target") or {}).get("seldonDeployment", {}).get("name", ""))
-
-
-@kopf.index(*RESOURCE, id="claims")
-def claims(namespace: str | None, name: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
-           **_: Any) -> dict[tuple[str | None, str], dict[str, Any]] | None:
-    """Promotions that may claim their SeldonDeployment, by (namespace, deployment): kept from
-    the watch, so marking the others Superseded costs no list request."""
-    if status.get("phase") in promotion.SETTLED_ASIDE:
-        return None
-    return {(namespace, _deployment(spec)): {
-        "metadata": {"name": name, "generation": meta.get("generation")},
-        "spec": {"target": {"seldonDeployment": {"name": _deployment(spec)}}},
-        "status": {k: v for k, v in status.items() if k != "kopf"},
-    }}
-
-
-def _peers(kwargs: dict[str, Any], body: kopf.Body) -> list[Any]:
-    index: kopf.Index[Any, Any] = kwargs["claims"]  # kopf passes every index by its id
-    key = (body.get("metadata", {}).get("namespace"), _deployment(body.get("spec")))
-    return list(index.get(key, []))
-
-
 @kopf.on.resume(*RESOURCE, id="reconcile")
 @kopf.on.create(*RESOURCE, id="reconcile")
 @kopf.on.update(*RESOURCE, id="reconcile", field="spec")
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, runtime: Any, retry: int,
-              **kwargs: Any) -> None:
+              **_: Any) -> None:
     ctx: promotion.Context = memo.ctx
     with ctx.metrics.reconcile_seconds.time():
-        outcome = promotion.reconcile(ctx, body, runtime.total_seconds(), _peers(kwargs, body))
+        outcome = promotion.reconcile(ctx, body, runtime.total_seconds())
     _apply(outcome, body, patch, retry)
 
 
 @kopf.timer(*RESOURCE, id="drift", interval=_settings.drift_interval, initial_delay=_settings.drift_interval,
             idle=_settings.drift_interval / 2)
-def drift(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
+def drift(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Notice a deleted or edited child, or a tampered copy, between spec changes."""
     ctx: promotion.Context = memo.ctx
     if (body.get("status") or {}).get("phase") != "Promoted":
         return
-    outcome = promotion.reconcile(ctx, body, 0.0, _peers(kwargs, body))
+    outcome = promotion.reconcile(ctx, body, 0.0)
     if outcome.status:
         patch.status.update(outcome.status)
     for event in outcome.events:

@@ -139,6 +139,15 @@ class Kube:
 
     # --- promotions ---------------------------------------------------------------------
 
+    def list_promotions(self, namespace: str) -> list[dict[str, Any]]:
+        group, version, plural = PROMOTIONS
+        try:
+            found = self._call(f"listing ModelPromotions in {namespace}",
+                               lambda: self.custom.list_namespaced_custom_object(group, version, namespace, plural))
+        except ApiException as e:
+            raise self._refused(f"listing ModelPromotions in {namespace}", e) from None
+        return list(found.get("items") or [])
+
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """A merge patch of a promotion's status (progress while copying, supersession)."""
         group, version, plural = PROMOTIONS

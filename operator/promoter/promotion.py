@@ -19,7 +19,7 @@ import base64
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +60,6 @@ PROMOTION_ANNOTATION = "mlops.dev/promotion"
 RUN_ANNOTATION = "mlops.dev/run-id"
 DIGEST_ANNOTATION = "mlops.dev/artifact-digest"
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-# Phases in which a promotion claims no SeldonDeployment (until its spec changes).
-SETTLED_ASIDE = ("Superseded", "Rejected", "Failed")
 PROGRESS_EVERY = 2.0  # seconds between progress patches while copying
 
 
@@ -117,11 +115,7 @@ class _Status:
         return out
 
 
-Peers = Iterable[Mapping[str, Any]]
-"""The other promotions of the same SeldonDeployment that may claim it (from the handlers' index)."""
-
-
-def reconcile(ctx: Context, body: Mapping[str, Any], waited: float, peers: Peers = ()) -> Outcome:
+def reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:
     """``waited``: seconds this generation has been retried for (kopf's runtime)."""
     meta = body.get("metadata", {})
     namespace, name = str(meta.get("namespace")), str(meta.get("name"))
@@ -133,8 +127,8 @@ def reconcile(ctx: Context, body: Mapping[str, Any], waited: float, peers: Peers
         if settled and st.model.phase in (Phase.REJECTED, Phase.SUPERSEDED, Phase.FAILED):
             return Outcome()
         if settled and st.model.phase is Phase.PROMOTED:
-            return _check_promoted(ctx, namespace, name, spec, st, peers)
-        return _promote(ctx, namespace, name, spec, st, waited, peers)
+            return _check_promoted(ctx, namespace, name, spec, st)
+        return _promote(ctx, namespace, name, spec, st, waited)
     except Rejected as e:
         return _rejected(ctx, st, e)
     except Waiting as e:
@@ -176,7 +170,7 @@ def _waiting(ctx: Context, st: _Status, e: Waiting) -> Outcome:
 
 
 def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, st: _Status,
-             waited: float, peers: Peers) -> Outcome:
+             waited: float) -> Outcome:
     s = ctx.settings
     st.model.run_id = spec.source.run_id
     st.model.deployment = spec.target.seldon_deployment.name
@@ -229,7 +223,7 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     st.condition("ArtifactCopied", "True", "Verified" if result.mode != "reused" else "Reused",
                  f"{result.files} files, {result.bytes} bytes at {st.model.model_uri} ({result.mode})")
 
-    _, previous = _deploy(ctx, namespace, name, spec, result.digest, keys, peers)
+    _, previous = _deploy(ctx, namespace, name, spec, result.digest, keys)
     # Another promotion of the same deployment may have written it after us (both in flight at
     # once): the later one wins, so say Superseded now rather than at the next drift check.
     now_serving = ((ctx.kube.get_seldon(namespace, spec.target.seldon_deployment.name) or {})
@@ -349,7 +343,7 @@ def _rclone_merge(desired: dict[str, Any]) -> Callable[[dict[str, Any] | None], 
 
 
 def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, digest: str,
-            keys: tuple[str, str, str], peers: Peers) -> tuple[bool, list[str]]:
+            keys: tuple[str, str, str]) -> tuple[bool, list[str]]:
     """Write the rclone Secret, then the SeldonDeployment; mark the promotions it took the
     deployment from Superseded. Returns (whether a child was written, those promotions)."""
     access, secret, _ = keys
@@ -374,16 +368,16 @@ def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, d
     wrote = wrote or written != "unchanged"
     if written == "unchanged":
         return wrote, []
-    return wrote, _supersede_others(ctx, namespace, name, target.name, peers, taken_from)
+    return wrote, _supersede_others(ctx, namespace, name, target.name, taken_from)
 
 
-def _supersede_others(ctx: Context, namespace: str, name: str, deployment: str, peers: Peers,
+def _supersede_others(ctx: Context, namespace: str, name: str, deployment: str,
                       taken_from: Collection[str] = ()) -> list[str]:
     """Level-based: every other Promoted promotion of this deployment is now Superseded, also
     when an earlier reconcile died between writing the deployment and saying so; and the one
     the deployment was just taken from, even when its own status has not said Promoted yet."""
     marked = []
-    for body in peers:
+    for body in ctx.kube.list_promotions(namespace):
         other = str(body.get("metadata", {}).get("name"))
         target = ((body.get("spec") or {}).get("target") or {}).get("seldonDeployment") or {}
         stored = body.get("status") or {}
@@ -413,7 +407,7 @@ def _superseded(st: _Status, by: str, deployment: str) -> str:
 
 
 def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec,
-                    st: _Status, peers: Peers) -> Outcome:
+                    st: _Status) -> Outcome:
     target = spec.target.seldon_deployment
     current = ctx.kube.get_seldon(namespace, target.name)
     owner = ((current or {}).get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
@@ -427,7 +421,7 @@ def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotio
     result = copier.existing()  # ArtifactTampered propagates: reported, serving left alone
     if result is None:
         raise ArtifactTampered(copier.uri, "the manifest is gone")
-    restored, _ = _deploy(ctx, namespace, name, spec, result.digest, keys, peers)
+    restored, _ = _deploy(ctx, namespace, name, spec, result.digest, keys)
     events = []
     if restored:
         events.append(Event("Normal", "Restored", f"restored the rclone Secret or SeldonDeployment "
