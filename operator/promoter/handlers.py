@@ -68,9 +68,10 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, runtime: Any,
 @kopf.timer(*RESOURCE, id="drift", interval=_settings.drift_interval, initial_delay=_settings.drift_interval,
             idle=_settings.drift_interval / 2)
 def drift(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Notice a deleted or edited child, or a tampered copy, between spec changes."""
+    """Notice a deleted or edited child, or a tampered copy, between spec changes; and a
+    promotion marked Superseded that its SeldonDeployment still names."""
     ctx: promotion.Context = memo.ctx
-    if (body.get("status") or {}).get("phase") != "Promoted":
+    if (body.get("status") or {}).get("phase") not in ("Promoted", "Superseded"):
         return
     outcome = promotion.reconcile(ctx, body, 0.0)
     if outcome.status:

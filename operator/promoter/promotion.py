@@ -124,7 +124,9 @@ def reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:
     settled = st.model.observed_generation == generation
     try:
         spec = parse_spec(body.get("spec") or {})
-        if settled and st.model.phase in (Phase.REJECTED, Phase.SUPERSEDED, Phase.FAILED):
+        if settled and st.model.phase is Phase.SUPERSEDED:
+            return _check_superseded(ctx, namespace, name, spec, st)
+        if settled and st.model.phase in (Phase.REJECTED, Phase.FAILED):
             return Outcome()
         if settled and st.model.phase is Phase.PROMOTED:
             return _check_promoted(ctx, namespace, name, spec, st)
@@ -223,12 +225,14 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     st.condition("ArtifactCopied", "True", "Verified" if result.mode != "reused" else "Reused",
                  f"{result.files} files, {result.bytes} bytes at {st.model.model_uri} ({result.mode})")
 
-    _, previous = _deploy(ctx, namespace, name, spec, result.digest, keys)
-    # Another promotion of the same deployment may have written it after us (both in flight at
-    # once): the later one wins, so say Superseded now rather than at the next drift check.
-    now_serving = ((ctx.kube.get_seldon(namespace, spec.target.seldon_deployment.name) or {})
-                   .get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
-    if now_serving and now_serving != name:
+    _, previous, contended = _deploy(ctx, namespace, name, spec, result.digest, keys)
+    # Another promotion of the same deployment in flight may have written it after us: the
+    # later one wins, so say Superseded now rather than at the next drift check.
+    now_serving = name
+    if contended:
+        now_serving = ((ctx.kube.get_seldon(namespace, spec.target.seldon_deployment.name) or {})
+                       .get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION) or name
+    if now_serving != name:
         st.model.observed_generation = st.generation
         message = _superseded(st, now_serving, spec.target.seldon_deployment.name)
         return Outcome(st.changes(), [Event("Normal", "Superseded", message)])
@@ -343,9 +347,10 @@ def _rclone_merge(desired: dict[str, Any]) -> Callable[[dict[str, Any] | None], 
 
 
 def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, digest: str,
-            keys: tuple[str, str, str]) -> tuple[bool, list[str]]:
+            keys: tuple[str, str, str]) -> tuple[bool, list[str], bool]:
     """Write the rclone Secret, then the SeldonDeployment; mark the promotions it took the
-    deployment from Superseded. Returns (whether a child was written, those promotions)."""
+    deployment from Superseded. Returns whether a child was written, those promotions, and
+    whether another promotion of the deployment is in flight (and may write it after us)."""
     access, secret, _ = keys
     target = spec.target.seldon_deployment
     endpoint = spec.target.storage.endpoint or ctx.settings.storage_endpoint
@@ -367,30 +372,34 @@ def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, d
     faults.checkpoint("after-seldon")
     wrote = wrote or written != "unchanged"
     if written == "unchanged":
-        return wrote, []
-    return wrote, _supersede_others(ctx, namespace, name, target.name, taken_from)
+        return wrote, [], True
+    marked, contended = _supersede_others(ctx, namespace, name, target.name, taken_from)
+    return wrote, marked, contended
 
 
 def _supersede_others(ctx: Context, namespace: str, name: str, deployment: str,
-                      taken_from: Collection[str] = ()) -> list[str]:
+                      taken_from: Collection[str] = ()) -> tuple[list[str], bool]:
     """Level-based: every other Promoted promotion of this deployment is now Superseded, also
     when an earlier reconcile died between writing the deployment and saying so; and the one
-    the deployment was just taken from, even when its own status has not said Promoted yet."""
-    marked = []
+    the deployment was just taken from, even when its own status has not said Promoted yet.
+    Also says whether another promotion of the deployment is still in flight."""
+    marked, contended = [], False
+    settled = (Phase.SUPERSEDED.value, Phase.REJECTED.value, Phase.FAILED.value)
     for body in ctx.kube.list_promotions(namespace):
         other = str(body.get("metadata", {}).get("name"))
         target = ((body.get("spec") or {}).get("target") or {}).get("seldonDeployment") or {}
         stored = body.get("status") or {}
         phase = stored.get("phase")
-        claims = phase == Phase.PROMOTED.value or (
-            other in taken_from and phase not in (Phase.SUPERSEDED.value, Phase.REJECTED.value, Phase.FAILED.value))
-        if other == name or target.get("name") != deployment or not claims:
+        if other == name or target.get("name") != deployment:
+            continue
+        contended = contended or phase not in (*settled, Phase.PROMOTED.value)
+        if not (phase == Phase.PROMOTED.value or (other in taken_from and phase not in settled)):
             continue
         st = _Status(stored, int(body.get("metadata", {}).get("generation") or 0))
         _superseded(st, name, deployment)
         ctx.kube.patch_status(namespace, other, st.changes())
         marked.append(other)
-    return marked
+    return marked, contended
 
 
 def _superseded(st: _Status, by: str, deployment: str) -> str:
@@ -404,6 +413,24 @@ def _superseded(st: _Status, by: str, deployment: str) -> str:
 
 
 # --- a generation already promoted --------------------------------------------------------
+
+
+def _check_superseded(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec,
+                      st: _Status) -> Outcome:
+    """Superseded is read off the SeldonDeployment: when it still names this promotion (two
+    promotions finishing within milliseconds can each mark the other), this one serves."""
+    target = spec.target.seldon_deployment
+    current = ctx.kube.get_seldon(namespace, target.name)
+    owner = ((current or {}).get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
+    if owner != name:
+        return Outcome()
+    message = (f"{target.name} serves run {spec.source.run_id} of this promotion "
+               f"(it had been marked superseded by {st.model.superseded_by})")
+    st.model.phase, st.model.message, st.model.superseded_by = Phase.PROMOTED, message, None
+    st.clear.add("supersededBy")
+    st.condition("Deployed", "True", "Deployed", message)
+    st.condition("Ready", "True", "Promoted", message)
+    return Outcome(st.changes(), [Event("Normal", "Reclaimed", message)])
 
 
 def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec,
@@ -421,7 +448,7 @@ def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotio
     result = copier.existing()  # ArtifactTampered propagates: reported, serving left alone
     if result is None:
         raise ArtifactTampered(copier.uri, "the manifest is gone")
-    restored, _ = _deploy(ctx, namespace, name, spec, result.digest, keys)
+    restored, _, _ = _deploy(ctx, namespace, name, spec, result.digest, keys)
     events = []
     if restored:
         events.append(Event("Normal", "Restored", f"restored the rclone Secret or SeldonDeployment "

@@ -478,6 +478,24 @@ def test_a_write_between_the_operators_read_and_patch_is_a_409_retried_on_fresh_
     assert codes == [409, 200]
 
 
+def test_a_promotion_wrongly_marked_superseded_reclaims_the_deployment_that_names_it(
+        devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
+    """Two promotions finishing within milliseconds can each mark the other Superseded; the
+    SeldonDeployment says who serves, and the drift check puts that one back to Promoted."""
+    apply(devstack, fns, promote("named", fruns["small-0"], "reclaim", "reclaimed"))
+    wait_for(devstack, fns, "named", phase_in("Promoted"), timeout=60)
+    devstack.kubectl("-n", fns, "patch", "mp", "named", "--subresource=status", "--type=merge", "-p",
+                     json.dumps({"status": {"phase": "Superseded", "supersededBy": "ghost"}}))
+    started = time.monotonic()
+    mp = wait_for(devstack, fns, "named", phase_in("Promoted"), timeout=30)
+    assert "supersededBy" not in mp["status"]
+    assert mp["status"]["message"] == (f"reclaimed serves run {fruns['small-0']} of this promotion "
+                                       "(it had been marked superseded by ghost)")
+    assert "Reclaimed" in [e["reason"] for e in events(devstack, fns, "named")]
+    TABLE_ROWS.append(Row("promotion wrongly marked Superseded", 1, "back to Promoted (the deployment names it)",
+                          f"{time.monotonic() - started:.1f}s"))
+
+
 def test_two_promotions_for_one_deployment_applied_at_once_settle_on_one(
         devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
     runs = {"left": fruns["small-2"], "right": fruns["small-3"]}
