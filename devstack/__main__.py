@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             except stack.AlreadyRunning as e:
                 log(f"devstack: {e}")
                 return 0
-            log('devstack: ready. Next: eval "$(python -m devstack env)"; kubectl get ns')
+            log('devstack: ready. Next: eval "$(.venv/bin/python -m devstack env)"; kubectl get ns')
             return 0
         if args.command == "down":
             stack.down(log=log)

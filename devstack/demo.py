@@ -175,7 +175,7 @@ def main(log: Log) -> int:
         print(_listing(state, model_uri))
         print(f"\nRejected: too-strict: {rejected['status']['message']}")
         print(f"\ndemo: done in {time.monotonic() - t0:.0f}s. Next:")
-        print('  eval "$(python -m devstack env)"        # kubectl and mlflow now talk to devstack')
+        print('  eval "$(.venv/bin/python -m devstack env)"   # kubectl and mlflow now talk to devstack')
         print(f"  kubectl get mp -n {NAMESPACE} -w            # watch promotions")
         print(f"  kubectl describe mp rf-regressor -n {NAMESPACE}")
         print("  make down                                 # stop everything")

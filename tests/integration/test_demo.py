@@ -36,7 +36,7 @@ def test_the_demo_promotes_one_run_and_rejects_the_strict_one(tmp_path: Path, de
         assert re.search(rf"^\s+\d+\s+rf-regressor/{run_id}/model\.pkl$", out, re.M)
         assert re.search(rf"^\s+\d+\s+rf-regressor/{run_id}/promotion-manifest\.json$", out, re.M)
         assert re.search(r"^Rejected: too-strict: gate failed: rmse [0-9.]+ is not <= 1$", out, re.M)
-        assert 'eval "$(python -m devstack env)"' in out and "make down" in out
+        assert 'eval "$(.venv/bin/python -m devstack env)"' in out and "make down" in out
         assert "demo: [6/6]" in result.stderr  # progress shown throughout
     finally:
         subprocess.run([sys.executable, "-m", "devstack", "down"], env=env, capture_output=True, timeout=120)
