@@ -655,17 +655,11 @@ def test_the_s3_server_killed_mid_copy_is_waited_for_and_the_copy_redone(
 def test_the_api_server_restarted_mid_promotion_is_survived(
         devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
     run_id = fruns["big"]
-    custom = client.CustomObjectsApi(api(devstack))
     apply(devstack, fns, promote("steadfast", run_id, "out-kube", "steadfast"))
-
-    def phase() -> str:
-        mp = custom.get_namespaced_custom_object(*PROMOTIONS[:2], fns, PROMOTIONS[2], "steadfast")
-        found = (mp.get("status") or {}).get("phase", "")
-        return str(found) if found in ("Copying", "Promoted") else ""
-
-    assert wait_until("the copy under way", phase, 30, every=0.05) == "Copying", \
-        "the promotion finished before the API server could be stopped"
-    stack.stop_component(devstack, "kube-apiserver")
+    # The first copied object is the earliest sign of the copy (a copy this short writes no
+    # progress): the Secret and SeldonDeployment writes are still to come.
+    wait_until("the copy under way", lambda: objects(devstack, "models", f"out-kube/{run_id}/"), 30, every=0.02)
+    kill_component(devstack, "kube-apiserver")
     down = time.monotonic()
     try:
         time.sleep(3)
