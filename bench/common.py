@@ -8,6 +8,7 @@ measures its baseline in the same run, interleaved with the thing measured, and 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as dt
 import json
@@ -642,3 +643,12 @@ def profile_table(title: str, prof: dict[str, Any]) -> str:
     rows += [["inclusive, innermost promoter fn: " + k, v]
              for k, v in prof["inclusive_percent_by_innermost_promoter_function"][:8]]
     return table(f"{title} ({prof['samples']} active samples, py-spy)", ["where", "%"], rows)
+
+
+def add_experiment_args(parser: argparse.ArgumentParser) -> None:
+    """The options every operator benchmark takes for experiments (bench/README.md)."""
+    parser.add_argument("--operator-env", action="append", default=[], metavar="K=V",
+                        help="extra environment for the operator (experiments: MALLOC_ARENA_MAX=2, PROMOTER_WORKERS=4)")
+    parser.add_argument("--operator-module", default="promoter.handlers",
+                        help="kopf -m module (experiments in bench/experiments/)")
+    parser.add_argument("--tag", default="", help="write results/<name>-<tag>.json (experiments)")

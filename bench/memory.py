@@ -32,11 +32,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--sample-seconds", type=float, default=15)
-    parser.add_argument("--operator-env", action="append", default=[], metavar="K=V",
-                        help="extra environment for the operator (experiments: MALLOC_ARENA_MAX=2, PROMOTER_WORKERS=4)")
-    parser.add_argument("--operator-module", default="promoter.handlers",
-                        help="kopf -m module (experiments in bench/experiments/)")
-    parser.add_argument("--tag", default="", help="write results/<name>-<tag>.json (experiments)")
+    common.add_experiment_args(parser)
     args = parser.parse_args()
     op_env = dict(kv.split("=", 1) for kv in args.operator_env)
     res = common.Result("memory" + (args.tag and "-" + args.tag or ""))

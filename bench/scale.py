@@ -80,11 +80,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--quiet", type=float, default=10, help="seconds without a change that count as settled")
     parser.add_argument("--profile", action="store_true", help="py-spy record the operator while it works")
-    parser.add_argument("--operator-env", action="append", default=[], metavar="K=V",
-                        help="extra environment for the operator (experiments: MALLOC_ARENA_MAX=2, PROMOTER_WORKERS=4)")
-    parser.add_argument("--operator-module", default="promoter.handlers",
-                        help="kopf -m module (experiments in bench/experiments/)")
-    parser.add_argument("--tag", default="", help="write results/<name>-<tag>.json (experiments)")
+    common.add_experiment_args(parser)
     args = parser.parse_args()
     op_env = dict(kv.split("=", 1) for kv in args.operator_env)
     n = args.promotions
