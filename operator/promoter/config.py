@@ -9,36 +9,36 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 
 class ConfigError(ValueError):
     """A setting has a value the operator cannot use; the message names the variable."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+N = TypeVar("N", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N, what: str) -> N:
+    """A bounded number from the environment; ``type(default)`` parses it (int or float)."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = type(default)(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r}: must be a whole number") from None
+        raise ConfigError(f"{name}={raw!r}: must be {what}") from None
     if not low <= value <= high:
         raise ConfigError(f"{name}={value}: must be between {low} and {high}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    return _number(env, name, default, low, high, "a whole number")
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: must be a number of seconds") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value}: must be between {low} and {high}")
-    return value
+    return _number(env, name, default, low, high, "a number of seconds")
 
 
 def _url(env: Mapping[str, str], name: str, default: str) -> str:
