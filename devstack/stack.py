@@ -288,9 +288,10 @@ def up(home: Path | None = None, log: Log = print) -> State:
         _start_s3(state, home, s3_port, log)
         _start_mlflow(state, home, mlflow_port, log)
         log("devstack: installing the SeldonDeployment CRD")
-        state.kubectl("apply", "--server-side", "-f", str(SELDON_CRD))
-        state.kubectl("wait", "--for=condition=established", "--timeout=60s",
-                      "crd/seldondeployments.machinelearning.seldon.io")
+        _kubectl_until_ok(state, "installing the SeldonDeployment CRD", "apply", "--server-side", "-f",
+                          str(SELDON_CRD))
+        _kubectl_until_ok(state, "waiting for the SeldonDeployment CRD", "wait", "--for=condition=established",
+                          "--timeout=30s", "crd/seldondeployments.machinelearning.seldon.io")
     except BaseException:
         state.save()
         down(home, log=lambda _m: None)
@@ -298,6 +299,19 @@ def up(home: Path | None = None, log: Log = print) -> State:
     state.save()
     log(f"devstack: up in {time.monotonic() - t0:.1f}s (state in {home})")
     return state
+
+
+def _kubectl_until_ok(state: State, what: str, *args: str, timeout: float = 60) -> None:
+    """A kubectl call retried while the fresh API server answers 429 "storage is (re)initializing"
+    (its readyz can pass before every resource's storage is ready, more so on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = state.kubectl(*args, check=False)
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise SetupError(f"{what} failed: kubectl {' '.join(args)}:\n  | {result.stderr.strip()}")
+        time.sleep(0.5)
 
 
 class AlreadyRunning(Exception):

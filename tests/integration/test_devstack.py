@@ -145,7 +145,8 @@ def test_second_up_changes_nothing_and_down_leaves_no_process(tmp_path: Path, de
     home = tmp_path / "own"
     env = {**os.environ, "DEVSTACK_HOME": str(home)}
     cli = [sys.executable, "-m", "devstack"]
-    subprocess.run([*cli, "up"], env=env, check=True, capture_output=True, timeout=300)
+    started = subprocess.run([*cli, "up"], env=env, capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr[-3000:]
     first = stack.State.load(home)
     assert first is not None and all(stack.alive(p) for p in first.processes)
     assert {p.name for p in first.processes} == {"etcd", "kube-apiserver", "weed", "mlflow"}
