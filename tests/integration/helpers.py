@@ -12,6 +12,9 @@ from minio import Minio
 
 from devstack import stack
 
+# A gate the small models of tests/integration/runs.py (rmse 0.5) pass.
+RMSE_BELOW_1 = [{"metric": "rmse", "op": "LessThan", "threshold": 1}]
+
 
 def promotion(name: str, run_id: str, gates: list[dict[str, Any]] | None = None,
               deployment: str = "minio-sklearn", **source: Any) -> dict[str, Any]:

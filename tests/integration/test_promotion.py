@@ -16,6 +16,7 @@ from devstack import stack
 
 from .conftest import Operator, train
 from .helpers import (
+    RMSE_BELOW_1,
     apply,
     condition,
     events,
@@ -165,7 +166,7 @@ def _finish(devstack: stack.State, run_id: str) -> None:
 def test_an_unfinished_run_is_waited_for_then_promoted(
         devstack: stack.State, operator: Operator, namespace: str, runs: dict[str, str]) -> None:
     name, run_id = _name(), runs["running"]
-    apply(devstack, namespace, promotion(name, run_id, [{"metric": "rmse", "op": "LessThan", "threshold": 1}]))
+    apply(devstack, namespace, promotion(name, run_id, RMSE_BELOW_1))
     waiting = wait_for(devstack, namespace, name,
                        lambda o: any(c["type"] == "Reconciling" and c["status"] == "True"
                                      for c in (o.get("status") or {}).get("conditions", [])))
@@ -192,7 +193,7 @@ def test_a_run_that_never_finishes_is_rejected_after_the_bound(
 def test_a_skops_model_is_rejected_with_the_fix(devstack: stack.State, operator: Operator, namespace: str,
                                                 runs: dict[str, str]) -> None:
     name = _name()
-    apply(devstack, namespace, promotion(name, runs["skops"], [{"metric": "rmse", "op": "LessThan", "threshold": 1}]))
+    apply(devstack, namespace, promotion(name, runs["skops"], RMSE_BELOW_1))
     mp = _rejected(devstack, namespace, name)
     assert mp["status"]["message"] == (
         "the model was saved with skops (model.skops), and SKLEARN_SERVER cannot load it; to fix: "
@@ -203,7 +204,7 @@ def test_a_skops_model_is_rejected_with_the_fix(devstack: stack.State, operator:
 def test_a_model_logged_the_mlflow2_way_is_found_and_promoted(
         devstack: stack.State, operator: Operator, namespace: str, runs: dict[str, str]) -> None:
     name, run_id = _name(), runs["mlflow2"]
-    apply(devstack, namespace, promotion(name, run_id, [{"metric": "rmse", "op": "LessThan", "threshold": 1}],
+    apply(devstack, namespace, promotion(name, run_id, RMSE_BELOW_1,
                                          deployment="legacy"))
     mp = wait_for(devstack, namespace, name, phase_in("Promoted", "Rejected"))
     assert mp["status"]["phase"] == "Promoted", mp["status"]
@@ -269,7 +270,7 @@ def test_mlflow_down_is_waited_for_then_the_promotion_completes(
     stack.stop_component(devstack, "mlflow")
     try:
         apply(devstack, namespace, promotion(name, runs["mlflow2"],
-                                             [{"metric": "rmse", "op": "LessThan", "threshold": 1}],
+                                             RMSE_BELOW_1,
                                              deployment="outage"))
         waiting = wait_for(devstack, namespace, name,
                            lambda o: any(c["type"] == "Reconciling" and c["status"] == "True"
@@ -288,7 +289,7 @@ def test_mlflow_down_is_waited_for_then_the_promotion_completes(
 def test_a_reconcile_with_nothing_changed_writes_nothing(
         devstack: stack.State, operator: Operator, namespace: str, runs: dict[str, str]) -> None:
     name, run_id = _name(), runs["mlflow2"]
-    apply(devstack, namespace, promotion(name, run_id, [{"metric": "rmse", "op": "LessThan", "threshold": 1}],
+    apply(devstack, namespace, promotion(name, run_id, RMSE_BELOW_1,
                                          deployment="steady"))
     wait_for(devstack, namespace, name, phase_in("Promoted"))
     time.sleep(1)
@@ -319,7 +320,7 @@ def test_credentials_never_reach_the_log_status_or_events(
                      "--from-literal=MLFLOW_TRACKING_USERNAME=promoter",
                      f"--from-literal=MLFLOW_TRACKING_PASSWORD={password}")
     name = _name()
-    apply(devstack, namespace, promotion(name, runs["mlflow2"], [{"metric": "rmse", "op": "LessThan", "threshold": 1}],
+    apply(devstack, namespace, promotion(name, runs["mlflow2"], RMSE_BELOW_1,
                                          deployment="secretive", credentialsSecretRef={"name": "mlflow-auth"}))
     wait_for(devstack, namespace, name, phase_in("Promoted"))
     texts = [

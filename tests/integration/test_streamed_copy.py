@@ -20,7 +20,7 @@ from minio import Minio
 from devstack import stack
 
 from .conftest import Operator
-from .helpers import apply, get, phase_in, promotion, read_object, wait_for
+from .helpers import RMSE_BELOW_1, apply, get, phase_in, promotion, read_object, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +63,7 @@ def test_a_model_is_streamed_to_another_endpoint_and_verified(
     devstack.kubectl("-n", namespace, "create", "secret", "generic", "served-models-keys",
                      f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS}", f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET}")
     name, run_id = f"mp-{uuid.uuid4().hex[:6]}", runs["mlflow2"]
-    obj = promotion(name, run_id, [{"metric": "rmse", "op": "LessThan", "threshold": 1}], deployment="elsewhere")
+    obj = promotion(name, run_id, RMSE_BELOW_1, deployment="elsewhere")
     obj["spec"]["target"]["storage"] = {"endpoint": other_s3, "bucket": "served-models", "prefix": "rf",
                                         "credentialsSecretRef": {"name": "served-models-keys"}}
     apply(devstack, namespace, obj)
