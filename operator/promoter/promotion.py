@@ -1,4 +1,4 @@
-"""One reconcile of a ModelPromotion, for create, update, resume and the drift timer alike.
+"""One reconcile of a ModelPromotion, for create, update, resume and the drift sweep alike.
 
 A new generation of the spec goes through every step::
 
@@ -19,7 +19,7 @@ import base64
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,11 +78,40 @@ class Outcome:
     rejected: Rejected | None = None
 
 
+class Owners:
+    """Which promotion each SeldonDeployment was last seen naming, as this process wrote or
+    read it: the operator runs as one replica, so a promotion that says Promoted while another
+    one has since written its deployment is noticed without an API request. Reads and writes of
+    one deployment go through :meth:`holding`, so the record follows the order of the writes
+    (and this process's own writes of a deployment never conflict with each other)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: dict[tuple[str, str], str] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def holding(self, namespace: str, deployment: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault((namespace, deployment), threading.Lock())
+
+    def saw(self, namespace: str, deployment: str, owner: str | None) -> None:
+        if owner:
+            with self._lock:
+                self._owner[(namespace, deployment)] = owner
+
+    def get(self, namespace: str, deployment: str) -> str | None:
+        with self._lock:
+            return self._owner.get((namespace, deployment))
+
+
 @dataclass
 class Context:
     settings: Settings
     kube: Kube
     metrics: Metrics
+    owners: Owners = field(default_factory=Owners)
+    promoted: Callable[[str, str], Mapping[str, Any] | None] = lambda namespace, name: None
+    """namespace, name -> the promotion's status when the watch last said Promoted, else None."""
 
 
 def now() -> str:
@@ -225,19 +254,18 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     st.condition("ArtifactCopied", "True", "Verified" if result.mode != "reused" else "Reused",
                  f"{result.files} files, {result.bytes} bytes at {st.model.model_uri} ({result.mode})")
 
-    _, previous, contended = _deploy(ctx, namespace, name, spec, result.digest, keys)
-    # Another promotion of the same deployment in flight may have written it after us: the
-    # later one wins, so say Superseded now rather than at the next drift check.
-    now_serving = name
-    if contended:
-        now_serving = ((ctx.kube.get_seldon(namespace, spec.target.seldon_deployment.name) or {})
-                       .get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION) or name
+    _, previous = _deploy(ctx, namespace, name, spec, result.digest, keys)
+    # Another promotion of the same deployment may have written it after us (this process did
+    # it, so it knows without a request): the later one wins, so say Superseded now.
+    now_serving = ctx.owners.get(namespace, spec.target.seldon_deployment.name) or name
     if now_serving != name:
         st.model.observed_generation = st.generation
         message = _superseded(st, now_serving, spec.target.seldon_deployment.name)
         return Outcome(st.changes(), [Event("Normal", "Superseded", message)])
     message = (f"promoted: {verdict.message.removeprefix('gates passed: ')}; "
                f"{spec.target.seldon_deployment.name} now serves run {spec.source.run_id}")
+    if previous:  # said in the one Event: an Event is an API request too
+        message += f" (taken over from ModelPromotion {previous})"
     st.model.phase = Phase.PROMOTED
     st.model.message = message
     st.model.observed_generation = st.generation
@@ -247,9 +275,6 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     st.condition("Reconciling", "False", "Promoted")
     st.condition("Stalled", "False", "Promoted")
     events = [Event("Normal", "Promoted", message)]
-    for other in previous:
-        events.append(Event("Normal", "TookOver", f"{spec.target.seldon_deployment.name} was served by "
-                            f"ModelPromotion {other}, now marked Superseded"))
     ctx.metrics.outcome(Phase.PROMOTED.value)
     return Outcome(st.changes(), events)
 
@@ -347,10 +372,9 @@ def _rclone_merge(desired: dict[str, Any]) -> Callable[[dict[str, Any] | None], 
 
 
 def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, digest: str,
-            keys: tuple[str, str, str]) -> tuple[bool, list[str], bool]:
-    """Write the rclone Secret, then the SeldonDeployment; mark the promotions it took the
-    deployment from Superseded. Returns whether a child was written, those promotions, and
-    whether another promotion of the deployment is in flight (and may write it after us)."""
+            keys: tuple[str, str, str]) -> tuple[bool, str | None]:
+    """Write the rclone Secret, then the SeldonDeployment; mark the promotion it took the
+    deployment from Superseded. Returns whether a child was written, and that promotion."""
     access, secret, _ = keys
     target = spec.target.seldon_deployment
     endpoint = spec.target.storage.endpoint or ctx.settings.storage_endpoint
@@ -360,46 +384,36 @@ def _deploy(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, d
 
     annotations = {PROMOTION_ANNOTATION: name, RUN_ANNOTATION: spec.source.run_id, DIGEST_ANNOTATION: digest}
     desired = seldon.render_seldon_deployment(target, namespace, model_uri(spec), {}, annotations)
-    taken_from: set[str] = set()  # the promotion the deployment named before this write
+    taken_from: list[str] = []  # the promotion the deployment named before this write
 
     def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
         owner = ((have or {}).get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
-        taken_from.clear()
-        taken_from.update([str(owner)] if owner and owner != name else [])
+        taken_from[:] = [str(owner)] if owner and owner != name else []
         return seldon.merge_owned(have, desired)
 
-    written = ctx.kube.ensure_seldon(namespace, target.name, merge)
+    with ctx.owners.holding(namespace, target.name):
+        written = ctx.kube.ensure_seldon(namespace, target.name, merge)
+        ctx.owners.saw(namespace, target.name, name)  # written, or already naming this promotion
     faults.checkpoint("after-seldon")
-    wrote = wrote or written != "unchanged"
     if written == "unchanged":
-        return wrote, [], True
-    marked, contended = _supersede_others(ctx, namespace, name, target.name, taken_from)
-    return wrote, marked, contended
+        return wrote, None
+    previous = taken_from[0] if taken_from else None
+    if previous is not None:
+        _supersede(ctx, namespace, previous, name, target.name)
+    return True, previous
 
 
-def _supersede_others(ctx: Context, namespace: str, name: str, deployment: str,
-                      taken_from: Collection[str] = ()) -> tuple[list[str], bool]:
-    """Level-based: every other Promoted promotion of this deployment is now Superseded, also
-    when an earlier reconcile died between writing the deployment and saying so; and the one
-    the deployment was just taken from, even when its own status has not said Promoted yet.
-    Also says whether another promotion of the deployment is still in flight."""
-    marked, contended = [], False
-    settled = (Phase.SUPERSEDED.value, Phase.REJECTED.value, Phase.FAILED.value)
-    for body in ctx.kube.list_promotions(namespace):
-        other = str(body.get("metadata", {}).get("name"))
-        target = ((body.get("spec") or {}).get("target") or {}).get("seldonDeployment") or {}
-        stored = body.get("status") or {}
-        phase = stored.get("phase")
-        if other == name or target.get("name") != deployment:
-            continue
-        contended = contended or phase not in (*settled, Phase.PROMOTED.value)
-        if not (phase == Phase.PROMOTED.value or (other in taken_from and phase not in settled)):
-            continue
-        st = _Status(stored, int(body.get("metadata", {}).get("generation") or 0))
-        _superseded(st, name, deployment)
-        ctx.kube.patch_status(namespace, other, st.changes())
-        marked.append(other)
-    return marked, contended
+def _supersede(ctx: Context, namespace: str, other: str, by: str, deployment: str) -> None:
+    """Mark ``other`` Superseded when its last status seen on the watch says Promoted. When it
+    does not (yet), it is still being promoted and its own decision reads that ``by`` wrote the
+    deployment after it; or its Promoted status lands after this write, and the watch event
+    that brings it gets it re-checked (:func:`recheck_owner`)."""
+    stored = ctx.promoted(namespace, other)
+    if stored is None:
+        return
+    st = _Status(stored, int(stored.get("observedGeneration") or 0))
+    _superseded(st, by, deployment)
+    ctx.kube.patch_status(namespace, other, st.changes())
 
 
 def _superseded(st: _Status, by: str, deployment: str) -> str:
@@ -415,14 +429,38 @@ def _superseded(st: _Status, by: str, deployment: str) -> str:
 # --- a generation already promoted --------------------------------------------------------
 
 
+def _owner(ctx: Context, namespace: str, deployment: str) -> str | None:
+    """The promotion the SeldonDeployment names now (None when it or the annotation is absent)."""
+    with ctx.owners.holding(namespace, deployment):
+        current = ctx.kube.get_seldon(namespace, deployment)
+        owner = ((current or {}).get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
+        ctx.owners.saw(namespace, deployment, owner)
+    return str(owner) if owner else None
+
+
+def recheck_owner(ctx: Context, body: Mapping[str, Any]) -> Outcome:
+    """A promotion whose status says Promoted while this process has since written its
+    SeldonDeployment for another promotion: say Superseded. Two promotions of one deployment
+    finishing together otherwise race: the later one writes the deployment before the earlier
+    one's own final status lands, and that status says Promoted. No request is made; a person
+    who edits the deployment's annotation is noticed by the drift sweep."""
+    meta = body.get("metadata", {})
+    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+    deployment = str((((body.get("spec") or {}).get("target") or {}).get("seldonDeployment") or {}).get("name"))
+    owner = ctx.owners.get(namespace, deployment)
+    if owner is None or owner == name:
+        return Outcome()
+    st = _Status(body.get("status") or {}, int(meta.get("generation") or 0))
+    _superseded(st, owner, deployment)
+    return Outcome(st.changes())
+
+
 def _check_superseded(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec,
                       st: _Status) -> Outcome:
     """Superseded is read off the SeldonDeployment: when it still names this promotion (two
     promotions finishing within milliseconds can each mark the other), this one serves."""
     target = spec.target.seldon_deployment
-    current = ctx.kube.get_seldon(namespace, target.name)
-    owner = ((current or {}).get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
-    if owner != name:
+    if _owner(ctx, namespace, target.name) != name:
         return Outcome()
     message = (f"{target.name} serves run {spec.source.run_id} of this promotion "
                f"(it had been marked superseded by {st.model.superseded_by})")
@@ -436,9 +474,8 @@ def _check_superseded(ctx: Context, namespace: str, name: str, spec: ModelPromot
 def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec,
                     st: _Status) -> Outcome:
     target = spec.target.seldon_deployment
-    current = ctx.kube.get_seldon(namespace, target.name)
-    owner = ((current or {}).get("metadata", {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
-    if current is not None and owner and owner != name:
+    owner = _owner(ctx, namespace, target.name)
+    if owner and owner != name:
         message = _superseded(st, owner, target.name)
         return Outcome(st.changes(), [Event("Normal", "Superseded", message)])
     keys = _storage_keys(ctx, namespace, spec)
@@ -448,7 +485,7 @@ def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotio
     result = copier.existing()  # ArtifactTampered propagates: reported, serving left alone
     if result is None:
         raise ArtifactTampered(copier.uri, "the manifest is gone")
-    restored, _, _ = _deploy(ctx, namespace, name, spec, result.digest, keys)
+    restored, _ = _deploy(ctx, namespace, name, spec, result.digest, keys)
     events = []
     if restored:
         events.append(Event("Normal", "Restored", f"restored the rclone Secret or SeldonDeployment "
@@ -456,4 +493,4 @@ def _check_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotio
     return Outcome(st.changes(), events)
 
 
-__all__ = ["Context", "Event", "Outcome", "PromoterError", "check_limits", "reconcile"]
+__all__ = ["Context", "Event", "Outcome", "Owners", "PromoterError", "check_limits", "reconcile", "recheck_owner"]

@@ -76,6 +76,17 @@ def api(devstack: stack.State, user_agent: str = "fault-suite") -> client.ApiCli
     return c
 
 
+def promoter_api(devstack: stack.State, user_agent: str) -> Any:
+    """The operator's own API client (promoter.kube.Api), logged in with devstack's kubeconfig."""
+    from unittest import mock
+
+    from promoter.kube import Api, connection
+
+    with mock.patch.dict(os.environ, {"KUBECONFIG": devstack.kubeconfig}):
+        info = connection()
+    return Api(lambda: info, user_agent=user_agent)
+
+
 def wait_until(what: str, check: Callable[[], Any], timeout: float, every: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -42,6 +42,7 @@ from .fault_support import (
     bucket_listing,
     kill_component,
     manifest_problems,
+    promoter_api,
     wait_until,
 )
 from .helpers import apply, condition, events, get, objects, phase_in, promotion, s3, secret_data, wait_for
@@ -466,7 +467,7 @@ def test_a_write_between_the_operators_read_and_patch_is_a_409_retried_on_fresh_
         return merge_owned(have, desired)
 
     audit_offset = Path(devstack.audit_log).stat().st_size
-    assert Kube(api(devstack, "promoter-under-test")).ensure_seldon(fns, "window", merge) == "patched"
+    assert Kube(promoter_api(devstack, "promoter-under-test")).ensure_seldon(fns, "window", merge) == "patched"
     assert len(reads) == 2 and reads[0] != reads[1]
     sdep = get(devstack, fns, "seldondeployment", "window")
     assert sdep is not None
@@ -543,7 +544,7 @@ def test_a_deleted_secret_or_deployment_is_restored_by_the_drift_timer(
     assert sum(int(e.get("count") or 1) for e in restored) >= 2, restored
     assert (get(devstack, fns, "mp", "kept") or {})["status"]["phase"] == "Promoted"
     TABLE_ROWS.append(Row("user deletes the rclone Secret, then the SeldonDeployment", 2,
-                          "both re-created by the drift timer, Event Restored",
+                          "both re-created by the drift sweep, Event Restored",
                           f"{times[0]:.1f}s / {times[1]:.1f}s (drift interval 5s)"))
 
 

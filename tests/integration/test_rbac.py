@@ -192,7 +192,7 @@ def _work(devstack: stack.State, ns: str, run_id: str) -> tuple[dict[str, Any], 
     apply(devstack, ns, promotion("first", run_id, gates, deployment="served"))
     wait_for(devstack, ns, "first", phase_in("Promoted", "Rejected", "Failed"), timeout=90)
 
-    # someone edits both children; the drift timer puts them back with patches
+    # someone edits both children; the drift sweep puts them back with patches
     devstack.kubectl("-n", ns, "patch", "seldondeployment", "served", "--type=json", "-p",
                      '[{"op": "replace", "path": "/spec/predictors/0/graph/modelUri", "value": "s3://models/x"}]')
     devstack.kubectl("-n", ns, "patch", "secret", "seldon-rclone-secret", "-p",
