@@ -18,6 +18,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create .venv and install pinned dependencies (constraints.txt)
 
+# The operator's runtime dependencies alone, as the image has them: the benchmarks run the
+# operator (the working tree's code) with this interpreter.
+OPVENV := .venv-operator
+OPSTAMP := $(OPVENV)/.installed
+$(OPSTAMP): pyproject.toml constraints.txt
+	@test -x $(OPVENV)/bin/python || $(PYTHON) -m venv $(OPVENV)
+	$(OPVENV)/bin/python -m pip install -q --upgrade pip
+	$(OPVENV)/bin/python -m pip install -q -c constraints.txt .
+	@touch $(OPSTAMP)
+
 demo: $(STAMP) ## the whole flow on devstack: train, promote, reject; prints what to type next
 	$(PY) -m devstack demo
 
@@ -58,7 +68,7 @@ undeploy: ## remove the operator; the CRD, the promotions and what they deployed
 	$(KUBECTL) delete -k $(MANIFESTS) --ignore-not-found
 
 BENCH_MINUTES ?= 30
-bench: $(STAMP) ## benchmarks on devstacks of their own (latency, scale, memory, copy; ~45 min, idle machine); tables + bench/results/*.json
+bench: $(STAMP) $(OPSTAMP) ## benchmarks on devstacks of their own (latency, scale, memory, copy; ~45 min, idle machine); tables + bench/results/*.json
 	$(PY) bench/run_all.py --minutes $(BENCH_MINUTES)
 
 .PHONY: bench

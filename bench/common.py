@@ -36,6 +36,11 @@ for _p in (REPO, REPO / "operator"):
 from devstack import stack  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
+# The operator runs with the runtime dependencies alone, as in the image (`make bench` creates
+# .venv-operator); without it, with this interpreter (the dev venv: the tests' kubernetes
+# client is installed there, and kopf imports it, ~20 MiB more).
+OPERATOR_PYTHON = str(REPO / ".venv-operator" / "bin" / "python") \
+    if (REPO / ".venv-operator" / ".installed").exists() else sys.executable
 CRD = REPO / "crds" / "modelpromotions.mlops.dev.yaml"
 STORAGE_SECRET = "minio-credentials"
 OPERATOR_USER = "promoter-bench"  # the operator's client-certificate CN: its rows in the audit log
@@ -204,7 +209,7 @@ class Operator:
 
     def start(self, wrap: list[str] | None = None) -> None:
         self.offset = self.log.stat().st_size if self.log.exists() else 0
-        argv = [sys.executable, "-m", "kopf", "run", "-m", self.module, "--standalone", "--all-namespaces"]
+        argv = [OPERATOR_PYTHON, "-m", "kopf", "run", "-m", self.module, "--standalone", "--all-namespaces"]
         if self.verbose:
             argv.append("--verbose")
         with open(self.log, "ab") as out:
@@ -515,7 +520,8 @@ def machine() -> dict[str, Any]:
     dirty = subprocess.run(["git", "status", "--porcelain", "operator"], cwd=REPO, capture_output=True, text=True)
     return {"when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "host": platform.node(),
             "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "python": platform.python_version(),
-            "git": rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")}
+            "git": rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else ""),
+            "operator_python": os.path.relpath(OPERATOR_PYTHON, REPO)}
 
 
 @dataclass
