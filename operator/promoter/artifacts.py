@@ -31,7 +31,11 @@ from .errors import ArtifactTampered, CredentialsProblem, ModelNotFound, Unavail
 MANIFEST = "promotion-manifest.json"
 # 10,000 files (PROMOTER_MAX_FILES at most) with 1 KiB keys stay below this; Store.read's 4 MiB did not.
 MANIFEST_LIMIT = 16 * 1024 * 1024
-PART_SIZE = 16 * 1024 * 1024
+# Streamed copies hold about two parts per file in flight: 8 MiB parts keep the operator near
+# 110 MiB at the default copy concurrency whatever the model's size (16 MiB parts: ~180 MiB).
+# A file over 10,000 parts (78 GiB) gets larger parts, S3's limit.
+PART_SIZE = 8 * 1024 * 1024
+MAX_PARTS = 10_000
 CHUNK = 1024 * 1024
 COPY_OBJECT_LIMIT = 5 * 1024**3
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
@@ -313,13 +317,19 @@ class Copier:
                 # One part in flight per file: memory is PART_SIZE x copy concurrency, whatever
                 # the model's size (minio's default of 3 parallel parts made it grow with it).
                 self.target.client.put_object(self.bucket, dst_key, cast(BinaryIO, reader), size,
-                                              part_size=PART_SIZE, num_parallel_uploads=1)
+                                              part_size=part_size(size), num_parallel_uploads=1)
                 return reader.digest.hexdigest()
             finally:
                 response.close()
                 response.release_conn()
 
         return str(self.target.call(f"streaming {src_key}", run))
+
+
+def part_size(size: int) -> int:
+    """PART_SIZE, or the smallest whole MiB that keeps ``size`` within MAX_PARTS parts."""
+    mib = 1024 * 1024
+    return max(PART_SIZE, -(-size // (MAX_PARTS * mib)) * mib)
 
 
 class _BytesReader:

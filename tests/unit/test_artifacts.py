@@ -6,8 +6,11 @@ from typing import Any
 
 import pytest
 
+from promoter import artifacts
 from promoter.artifacts import FileEntry, locate, parse_s3_uri, render_manifest
 from promoter.errors import ModelNotFound
+
+MIB = 1024 * 1024
 
 RUN = "a" * 32
 
@@ -33,3 +36,12 @@ def test_a_model_in_a_proxied_artifact_store_is_named_with_the_way_out() -> None
     assert str(err.value) == (
         f"model 'rf-regressor' of run {RUN} not found; looked in: mlflow-artifacts:/1/abc/artifacts/rf-regressor "
         "(not an s3:// artifact store: run MLflow with --default-artifact-root s3://...)")
+
+
+@pytest.mark.parametrize("size", [1, 8 * MIB, 100 * MIB, 78 * 1024 * MIB, 80 * 1024 * MIB, 5 * 1024**4])
+def test_a_streamed_file_fits_in_s3s_10000_parts_with_parts_of_whole_mib(size: int) -> None:
+    part = artifacts.part_size(size)
+    assert part >= artifacts.PART_SIZE and part % MIB == 0
+    assert -(-size // part) <= artifacts.MAX_PARTS
+    if size <= artifacts.PART_SIZE * artifacts.MAX_PARTS:
+        assert part == artifacts.PART_SIZE  # the memory bound holds for every model below 78 GiB
