@@ -4,8 +4,8 @@
 
 The churn loop creates ``--batch`` promotions at once (one per SeldonDeployment ``churn-<k>``,
 runs alternating between two logged runs, one prefix, so copies are reused after the first),
-waits until each is settled, deletes them, waits until they are gone (the operator removes
-kopf's finalizer), and repeats until ``--minutes`` have passed. VmRSS is sampled every
+waits until each is settled, deletes them, waits until they are gone (promotions carry no
+finalizer), and repeats until ``--minutes`` have passed. VmRSS is sampled every
 ``--sample-seconds`` with the number of promotions done. The slope is a least-squares fit of
 RSS over promotions after a warm-up (the first 20% of the samples are left out), in MiB per
 1,000 promotions; it counts as flat when the growth it predicts over the measured span is
