@@ -163,13 +163,7 @@ def main() -> int:
             for o in objs:
                 phases[common.phase(o) or "(none)"] = phases.get(common.phase(o) or "(none)", 0) + 1
             inconsistent = check(custom, watcher.snapshot())
-            # what the per-promotion LIST of the namespace's promotions (promotion._supersede_others)
-            # transfers: each promotion lists all promotions of its namespace, about this size
             sizes = [len(json.dumps(o, separators=(",", ":"))) for o in objs]
-            per_ns: dict[str, int] = {}
-            for o in objs:
-                per_ns[o["metadata"]["namespace"]] = per_ns.get(o["metadata"]["namespace"], 0) + 1
-            list_bytes = sum(per_ns[o["metadata"]["namespace"]] for o in objs) * (sum(sizes) / max(1, len(sizes)))
 
             # restart: a re-reconcile of everything. The first one may heal what the run left
             # inconsistent (deployments with two Promoted promotions); the second one has nothing
@@ -206,7 +200,6 @@ def main() -> int:
             ["phases", ", ".join(f"{k} {v}" for k, v in sorted(phases.items()))],
             ["deployments with != 1 Promoted or owner mismatch", len(inconsistent)],
             ["promotion object size (JSON), bytes, mean", sum(sizes) / max(1, len(sizes))],
-            ["est. bytes decoded by the LISTs of _supersede_others, MiB", list_bytes / 2**20],
             ["API requests by the operator (audit log)", len(reqs)],
             ["  per promotion", per],
             ["  writes per promotion", len(w) / n if reqs else float("nan")],
@@ -236,7 +229,7 @@ def main() -> int:
         res.tables.append(common.profile_table("scale: operator profile while working", profile))
     res.data.update({
         "promotions": n, "namespaces": args.namespaces, "deployments": args.deployments, "runs": args.runs,
-        "object_bytes_mean": sum(sizes) / max(1, len(sizes)), "list_bytes_estimate": list_bytes,
+        "object_bytes_mean": sum(sizes) / max(1, len(sizes)),
         "create_s": t_created, "all_terminal_s": t_all_terminal, "settled_s": t_settled, "phases": phases,
         "inconsistent": inconsistent, "api_requests": len(reqs), "api_requests_per_promotion": per,
         "api_writes_per_promotion": len(w) / n if reqs else None, "api_requests_by_kind": common.tally(reqs),
