@@ -4,7 +4,7 @@ targets of all of them in one table and write bench/results/summary.json.
     .venv/bin/python bench/run_all.py [--minutes 30] [--only latency,scale,memory,copy] [--profile]
 
 ``make bench`` runs this with the defaults (the memory churn loop takes --minutes; about
-45 minutes in all on an idle 2-core machine). Run it on an idle machine: the numbers are
+40 minutes in all on an idle 2-core machine). Run it on an idle machine: the numbers are
 wall-clock times and the baselines in each script only cancel part of the noise.
 """
 
