@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -77,8 +78,13 @@ def decided(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> 
     return {namespace: name} if status.get("phase") in CHECKED else None
 
 
+def _decided_as(phases: tuple[str, ...], status: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
+    """The promotion's current generation ended in one of ``phases`` (not a new one in flight)."""
+    return status.get("phase") in phases and status.get("observedGeneration") == meta.get("generation")
+
+
 def _promoted(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
-    return status.get("phase") == Phase.PROMOTED.value and status.get("observedGeneration") == meta.get("generation")
+    return _decided_as((Phase.PROMOTED.value,), status, meta)
 
 
 @kopf.index(*RESOURCE, id="promoted")
@@ -91,7 +97,7 @@ def promoted(namespace: str | None, name: str, status: kopf.Status, meta: kopf.M
     return {(namespace, name): {k: v for k, v in status.items() if k != "kopf"}}
 
 
-def _lookup(index: kopf.Index[tuple[str, str], dict[str, Any]]) -> Any:
+def _lookup(index: kopf.Index[tuple[str, str], dict[str, Any]]) -> Callable[[str, str], dict[str, Any] | None]:
     def promoted_status(namespace: str, name: str) -> dict[str, Any] | None:
         for _attempt in range(3):  # read from a worker thread while the event loop may update it
             try:
@@ -130,9 +136,7 @@ def owner(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Every watch event of a Promoted promotion: Superseded when this process has since
     written its deployment for another one (a status patch then; no request otherwise)."""
     ctx: promotion.Context = memo.ctx
-    outcome = promotion.recheck_owner(ctx, body)
-    if outcome.status:
-        ctx.kube.patch_status(body.metadata.namespace or "", body.metadata.name or "", outcome.status)
+    _report(ctx, body, promotion.recheck_owner(ctx, body))
 
 
 async def _sweep_forever(ctx: promotion.Context, decided: kopf.Index[str, str]) -> None:
@@ -151,19 +155,22 @@ def sweep(ctx: promotion.Context, namespace: str) -> int:
     Superseded that its SeldonDeployment still names. Returns how many were checked."""
     checked = 0
     for body in ctx.kube.iter_promotions(namespace):
-        meta, status = body.get("metadata") or {}, body.get("status") or {}
-        if status.get("phase") not in CHECKED or status.get("observedGeneration") != meta.get("generation") \
-                or meta.get("deletionTimestamp"):
+        meta = body.get("metadata") or {}
+        if not _decided_as(CHECKED, body.get("status") or {}, meta) or meta.get("deletionTimestamp"):
             continue  # a new generation is kopf's to handle
         checked += 1
-        name = str(meta.get("name"))
         try:
-            outcome = promotion.reconcile(ctx, body, 0.0)
-            if outcome.status:
-                ctx.kube.patch_status(namespace, name, outcome.status)
+            _report(ctx, body, promotion.reconcile(ctx, body, 0.0))
         except Exception as e:  # noqa: BLE001 - one promotion's failure must not skip the others
-            log.warning("drift check of ModelPromotion %s/%s failed: %s", namespace, name, e)
-            continue
-        for event in outcome.events:
-            ctx.kube.post_event(body, event.type, event.reason, event.message)
+            log.warning("drift check of ModelPromotion %s/%s failed: %s", namespace, meta.get("name"), e)
     return checked
+
+
+def _report(ctx: promotion.Context, body: Mapping[str, Any], outcome: promotion.Outcome) -> None:
+    """An outcome reached outside kopf's handler cycle: the status through a patch of its own,
+    then the Events (auxiliary: a failed one is logged, never raised)."""
+    meta = body.get("metadata") or {}
+    if outcome.status:
+        ctx.kube.patch_status(str(meta.get("namespace")), str(meta.get("name")), outcome.status)
+    for event in outcome.events:
+        ctx.kube.post_event(body, event.type, event.reason, event.message)
