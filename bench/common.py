@@ -658,3 +658,9 @@ def add_experiment_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--operator-module", default="promoter.handlers",
                         help="kopf -m module (experiments in bench/experiments/)")
     parser.add_argument("--tag", default="", help="write results/<name>-<tag>.json (experiments)")
+
+
+def experiment(name: str, args: argparse.Namespace) -> tuple[Result, dict[str, str]]:
+    """The result named by the benchmark and ``--tag``, and the ``--operator-env`` settings."""
+    env = dict(kv.split("=", 1) for kv in getattr(args, "operator_env", []))
+    return Result(name + (f"-{args.tag}" if args.tag else "")), env

@@ -251,7 +251,7 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
-    res = common.Result("copy" + (args.tag and "-" + args.tag or ""))
+    res, _ = common.experiment("copy", args)
     results: dict[int, dict[str, list[dict[str, Any]]]] = {}
     with common.devstack("copy") as state:
         from minio import Minio

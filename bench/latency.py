@@ -123,8 +123,7 @@ def main() -> int:
     parser.add_argument("--verbose-operator", action="store_true")
     common.add_experiment_args(parser)
     args = parser.parse_args()
-    op_env = dict(kv.split("=", 1) for kv in args.operator_env)
-    res = common.Result("latency" + (args.tag and "-" + args.tag or ""))
+    res, op_env = common.experiment("latency", args)
     with common.devstack("latency") as state:
         common.namespace(state, NS)
         run_id = common.log_runs(state, 1, int(args.size_mib * 1024 * 1024), "bench-latency")[0]

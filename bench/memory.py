@@ -34,8 +34,7 @@ def main() -> int:
     parser.add_argument("--sample-seconds", type=float, default=15)
     common.add_experiment_args(parser)
     args = parser.parse_args()
-    op_env = dict(kv.split("=", 1) for kv in args.operator_env)
-    res = common.Result("memory" + (args.tag and "-" + args.tag or ""))
+    res, op_env = common.experiment("memory", args)
     with common.devstack("memory") as state:
         common.namespace(state, NS)
         runs = common.log_runs(state, 2, 1024 * 1024, "bench-memory")

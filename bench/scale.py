@@ -82,9 +82,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy record the operator while it works")
     common.add_experiment_args(parser)
     args = parser.parse_args()
-    op_env = dict(kv.split("=", 1) for kv in args.operator_env)
+    res, op_env = common.experiment("scale", args)
     n = args.promotions
-    res = common.Result("scale" + (args.tag and "-" + args.tag or ""))
     with common.devstack("scale") as state:
         namespaces = [common.namespace(state, f"scale-{k}") for k in range(args.namespaces)]
         runs = common.log_runs(state, args.runs, 1024 * 1024, "bench-scale")
