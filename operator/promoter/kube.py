@@ -209,13 +209,21 @@ class Kube:
     # --- promotions ---------------------------------------------------------------------
 
     def get_promotion(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One promotion, read as a list filtered by name: the operator lists promotions
+        anyway (kopf's watch, the drift sweep), so it needs no grant to get them."""
         what = f"reading ModelPromotion {namespace}/{name}"
         try:
-            return self._call(what, "GET", f"{PROMOTIONS.format(namespace=namespace)}/{name}")
+            found = self._call(what, "GET", PROMOTIONS.format(namespace=namespace),
+                               query={"fieldSelector": f"metadata.name={name}"})
         except ApiError as e:
-            if e.status == 404:
-                return None
             raise self._refused(what, e) from None
+        items = found.get("items") or []
+        if not items:
+            return None
+        item = dict(items[0])
+        item.setdefault("apiVersion", found.get("apiVersion"))
+        item.setdefault("kind", str(found.get("kind", "")).removesuffix("List"))
+        return item
 
     def iter_promotions(self, namespace: str, selector: str = "", page: int = 100) -> Iterator[dict[str, Any]]:
         """Every promotion of ``namespace`` (matching the label ``selector``), ``page`` at a time."""

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import seldon, status
+from . import faults, seldon, status
 from .errors import PromoterError
 from .spec import Phase
 from .status import Draft
@@ -88,6 +88,7 @@ class Ownership:
                 return seldon.merge_owned(have, desired)
 
             written = self.kube.ensure_seldon(namespace, deployment, merge) != "unchanged"
+            faults.checkpoint("after-seldon")
             served = self._served.get((namespace, deployment))
             self._report(namespace, deployment, name, final)
             previous = before[0] if before[0] != name else None

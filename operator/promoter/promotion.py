@@ -164,7 +164,6 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     status.promoted(final, message, f"SeldonDeployment {target.name} serves {final.model.model_uri}")
     taken = ctx.ownership.take(namespace, target.name, name, _deployment(namespace, name, spec, result.digest),
                                final)
-    faults.checkpoint("after-seldon")
     ctx.metrics.outcome(Phase.PROMOTED.value)
     if taken.previous:  # said in the one Event: an Event is an API request too
         message += f" (taken over from ModelPromotion {taken.previous})"
