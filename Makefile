@@ -82,12 +82,15 @@ $(ACTIONLINT):
 	@command -v go >/dev/null || { echo "actionlint is built with Go: install Go (https://go.dev/dl) or apt-get install -y golang"; exit 1; }
 	GOBIN=$(abspath $(dir $@)) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
-lint: $(STAMP) $(ACTIONLINT) ## ruff, mypy, hadolint (Dockerfiles), shellcheck (scripts), actionlint (workflows)
+# The Python linters first: they need no Go.
+lint: $(STAMP) ## ruff, mypy (operator, devstack), import contracts, hadolint, shellcheck, actionlint
 	$(VENV)/bin/ruff check operator devstack tests experiments bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile experiments/Dockerfile
 	@command -v shellcheck >/dev/null || { echo "shellcheck is not installed: apt-get install -y shellcheck (Debian/Ubuntu), brew install shellcheck (macOS)"; exit 1; }
 	shellcheck $(SHELL_SCRIPTS)
+	@$(MAKE) --no-print-directory $(ACTIONLINT)
 	$(ACTIONLINT)
 
 .PHONY: help install demo up down test test-unit test-faults test-e2e crds run deploy undeploy lint

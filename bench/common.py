@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ for _p in (REPO, REPO / "operator"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from devstack import stack  # noqa: E402
+from devstack import harness, stack  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 # The operator runs with the runtime dependencies alone, as in the image (`make bench` creates
@@ -41,15 +40,11 @@ RESULTS = REPO / "bench" / "results"
 # client is installed there, and kopf imports it, ~20 MiB more).
 OPERATOR_PYTHON = str(REPO / ".venv-operator" / "bin" / "python") \
     if (REPO / ".venv-operator" / ".installed").exists() else sys.executable
-CRD = REPO / "crds" / "modelpromotions.mlops.dev.yaml"
-STORAGE_SECRET = "minio-credentials"
 OPERATOR_USER = "promoter-bench"  # the operator's client-certificate CN: its rows in the audit log
 DRIVER_AGENT = "bench-driver"  # user agent of the benchmark's own API calls
 GROUP, VERSION, PLURAL = "mlops.dev", "v1alpha1", "modelpromotions"
 SELDON = ("machinelearning.seldon.io", "v1", "seldondeployments")
 TERMINAL = ("Promoted", "Superseded", "Rejected", "Failed")
-WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(message: str) -> None:
@@ -74,8 +69,7 @@ def devstack(tag: str, keep: bool = bool(os.environ.get("BENCH_KEEP"))) -> Itera
     log(f"devstack: starting in {home}")
     try:
         state = stack.up(home, log=lambda m: log(m))
-        state.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        state.kubectl("wait", "--for=condition=established", "--timeout=60s", "crd/modelpromotions.mlops.dev")
+        harness.install_crd(state)
         yield state
     finally:
         log("devstack: stopping")
@@ -87,49 +81,12 @@ def devstack(tag: str, keep: bool = bool(os.environ.get("BENCH_KEEP"))) -> Itera
 
 
 def namespace(state: stack.State, name: str) -> str:
-    state.kubectl("create", "namespace", name)
-    state.kubectl("-n", name, "create", "secret", "generic", STORAGE_SECRET,
-                  f"--from-literal=AWS_ACCESS_KEY_ID={state.s3_access_key}",
-                  f"--from-literal=AWS_SECRET_ACCESS_KEY={state.s3_secret_key}")
-    return name
+    return harness.namespace(state, name)
 
 
 def operator_kubeconfig(state: stack.State, user: str = OPERATOR_USER) -> Path:
-    """A kubeconfig for a client certificate of its own (O=system:masters), signed by devstack's
-    client CA, so the audit log tells the operator's requests from the benchmark's."""
-    import base64
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    certs = Path(state.home) / "certs"
-    ca_cert = x509.load_pem_x509_certificate((certs / "client-ca.crt").read_bytes())
-    ca_key = serialization.load_pem_private_key((certs / "client-ca.key").read_bytes(), None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user),
-                                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters")]))
-        .issuer_name(ca_cert.subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    cfg = json.loads(Path(state.kubeconfig).read_text())
-    cfg["users"] = [{"name": user, "user": {
-        "client-certificate-data": base64.b64encode(cert.public_bytes(serialization.Encoding.PEM)).decode(),
-        "client-key-data": base64.b64encode(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())).decode()}}]
-    cfg["contexts"][0]["context"]["user"] = user
-    path = Path(state.home) / f"kubeconfig-{user}"
-    path.write_text(json.dumps(cfg))
-    path.chmod(0o600)
-    return path
+    """A client certificate of the operator's own, so the audit log tells its requests apart."""
+    return harness.kubeconfig_for(state, user)
 
 
 def kube_client(state: stack.State, pool: int = 32) -> Any:
@@ -146,10 +103,7 @@ def kube_client(state: stack.State, pool: int = 32) -> Any:
 def log_runs(state: stack.State, count: int, extra_bytes: int, experiment: str = "bench") -> list[str]:
     """Log ``count`` finished MLflow-2-layout runs (rmse 0.5), each model folder holding an extra
     file of ``extra_bytes`` random bytes; returns their ids."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    env.update(state.env())
-    env.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
-                "GIT_PYTHON_REFRESH": "quiet"})
+    env = harness.mlflow_env(state)
     out = subprocess.run([sys.executable, str(REPO / "bench" / "log_runs.py"), "--count", str(count),
                           "--extra-bytes", str(extra_bytes), "--experiment", experiment],
                          env=env, capture_output=True, text=True, timeout=600)
@@ -160,141 +114,32 @@ def log_runs(state: stack.State, count: int, extra_bytes: int, experiment: str =
 
 def promotion(name: str, run_id: str, deployment: str, prefix: str = "rf-regressor",
               secret_name: str = "seldon-rclone-secret") -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelPromotion",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"runId": run_id, "modelName": "rf-regressor"},
-            "gates": [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 0.8}],
-            "target": {
-                "storage": {"bucket": "models", "prefix": prefix},
-                "seldonDeployment": {"name": deployment, "implementation": "SKLEARN_SERVER",
-                                     "protocol": "v2", "secretName": secret_name},
-            },
-        },
-    }
+    """A promotion the runs of log_runs.py (rmse 0.5) pass."""
+    return harness.promotion(name, run_id, [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 0.8}],
+                             deployment=deployment, prefix=prefix, secret_name=secret_name)
 
 
 # --- the operator ---------------------------------------------------------------------
 
 
-class Operator:
-    """`python -m kopf run -m promoter.handlers --standalone --all-namespaces`, as
-    tests/integration/conftest.py runs it, under the benchmark's own client certificate."""
+class Operator(harness.Operator):
+    """The operator as the tests run it (devstack.harness), with the runtime dependencies alone
+    (OPERATOR_PYTHON) and under the benchmark's own client certificate."""
 
     def __init__(self, state: stack.State, log_path: Path, extra_env: dict[str, str] | None = None,
                  verbose: bool = False, module: str = "promoter.handlers") -> None:
-        self.state, self.log = state, log_path
-        self.module = module
-        self.metrics_port = stack.free_port()
-        self.verbose = verbose
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("PROMOTER_", "AWS_", "MLFLOW_"))},
-            "KUBECONFIG": str(operator_kubeconfig(state)),
-            "PROMOTER_TRACKING_URI": state.mlflow_uri,
-            "PROMOTER_STORAGE_ENDPOINT": state.s3_endpoint,
-            "PROMOTER_STORAGE_SECRET": STORAGE_SECRET,
-            "PROMOTER_METRICS_PORT": str(self.metrics_port),
-            "PYTHONPATH": f"{REPO / 'operator'}:{REPO / 'bench' / 'experiments'}",
-            **(extra_env or {}),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.offset = 0
-        self.started_at = 0.0
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, wrap: list[str] | None = None) -> None:
-        self.offset = self.log.stat().st_size if self.log.exists() else 0
-        argv = [OPERATOR_PYTHON, "-m", "kopf", "run", "-m", self.module, "--standalone", "--all-namespaces"]
-        if self.verbose:
-            argv.append("--verbose")
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen((wrap or []) + argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         cwd=REPO)
-        self.started_at = time.monotonic()
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited at start:\n{self.log.read_text()[-3000:]}")
-            if "settings: tracking" in self.since_start():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"operator not started after 90s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def since_start(self) -> str:
-        with open(self.log, "rb") as f:
-            f.seek(self.offset)
-            return f.read().decode(errors="replace")
-
-    def metrics(self) -> dict[str, float]:
-        """The operator's Prometheus metrics, name{labels} -> value."""
-        out: dict[str, float] = {}
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line and not line.startswith("#"):
-                    key, _, value = line.rpartition(" ")
-                    with contextlib.suppress(ValueError):
-                        out[key] = float(value)
-        return out
-
-    def __enter__(self) -> Operator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        env = {"PYTHONPATH": f"{REPO / 'operator'}:{REPO / 'bench' / 'experiments'}",
+               "PROMOTER_RETRY_DELAY": "10", **(extra_env or {})}
+        super().__init__(state, log_path, env, kubeconfig=operator_kubeconfig(state), python=OPERATOR_PYTHON,
+                         module=module, verbose=verbose)
 
 
-def rss_mib(pid: int) -> float:
-    return _status_kib(pid, "VmRSS") / 1024
-
-
-def hwm_mib(pid: int) -> float:
-    return _status_kib(pid, "VmHWM") / 1024
-
-
-def _status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+rss_mib, hwm_mib, cpu_seconds = harness.rss_mib, harness.hwm_mib, harness.cpu_seconds
 
 
 def stack_cpu(state: stack.State) -> dict[str, float]:
     """CPU seconds used so far by each devstack server (its whole process group)."""
-    out: dict[str, float] = {}
-    for proc in state.processes:
-        total = 0.0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) == proc.pid:
-                    total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-            except (OSError, ValueError, IndexError):
-                continue
-        out[proc.name] = total
-    return out
+    return {proc.name: harness.group_cpu_seconds(proc.pid) for proc in state.processes}
 
 
 def idle_cpu(pid: int, seconds: float) -> float:
@@ -422,54 +267,15 @@ def settled(obj: dict[str, Any]) -> bool:
 # --- the audit log --------------------------------------------------------------------
 
 
-class Audit:
-    """kube-apiserver's audit log (devstack writes it at level Metadata, one JSON line per stage)."""
+class Audit(harness.Audit):
+    """kube-apiserver's audit log; requests of the operator's identity unless told otherwise."""
 
-    def __init__(self, state: stack.State) -> None:
-        self.path = Path(getattr(state, "audit_log", Path(state.home) / "logs" / "audit.log"))
-
-    @property
-    def available(self) -> bool:
-        return self.path.exists()
-
-    def mark(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
-
-    def requests(self, start: int, end: int | None = None, user: str = OPERATOR_USER) -> list[dict[str, Any]]:
-        """One record per request of ``user`` completed between two marks."""
-        out = []
-        with open(self.path, "rb") as f:
-            f.seek(start)
-            data = f.read() if end is None else f.read(end - start)
-        for line in data.splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("stage") not in ("ResponseComplete", "Panic"):
-                continue
-            if (ev.get("user") or {}).get("username") != user:
-                continue
-            ref = ev.get("objectRef") or {}
-            out.append({"verb": ev.get("verb", ""), "resource": ref.get("resource", ""),
-                        "subresource": ref.get("subresource", ""), "namespace": ref.get("namespace", ""),
-                        "name": ref.get("name", ""), "code": (ev.get("responseStatus") or {}).get("code"),
-                        "agent": (ev.get("userAgent") or "").split("/")[0]})
-        return out
+    def requests(self, start: int = 0, end: int | None = None, user: str | None = OPERATOR_USER
+                 ) -> list[harness.Request]:
+        return super().requests(start, end, user)
 
 
-def tally(reqs: list[dict[str, Any]]) -> dict[str, int]:
-    """'verb resource[/sub] (agent)' -> count, largest first."""
-    counts: dict[str, int] = {}
-    for r in reqs:
-        res = r["resource"] + (f"/{r['subresource']}" if r["subresource"] else "")
-        key = f"{r['verb']} {res} ({r['agent']})"
-        counts[key] = counts.get(key, 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def writes(reqs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in reqs if r["verb"] in WRITE_VERBS]
+tally, writes = harness.tally, harness.writes
 
 
 # --- statistics, tables, results ------------------------------------------------------

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             try:
-                state = stack.up(log=log)
+                stack.up(log=log)
             except stack.AlreadyRunning as e:
                 log(f"devstack: {e}")
                 return 0

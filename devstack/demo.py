@@ -7,10 +7,7 @@ gate cannot pass (Rejected). Leaves everything running and says what to type nex
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,14 +15,12 @@ from typing import Any
 
 import yaml
 
-from . import stack
+from . import harness, stack
 from .binaries import SetupError
 
 REPO = stack.REPO
 SAMPLE = REPO / "manifests" / "samples" / "promotion.yaml"
-CRD = REPO / "crds" / "modelpromotions.mlops.dev.yaml"
 NAMESPACE = "mlops-demo"
-STORAGE_SECRET = "minio-credentials"
 
 Log = Callable[[str], None]
 
@@ -43,52 +38,30 @@ def _kubectl(state: stack.State, *args: str, input: str | None = None, step: str
     return result.stdout
 
 
-def _operator(state: stack.State, log: Log) -> stack.Proc:
+def _operator(state: stack.State, log: Log) -> harness.Operator | stack.Proc:
     for proc in state.processes:
         if proc.name == "operator" and stack.alive(proc):
             log(f"demo: the operator already runs (pid {proc.pid}); its log: {proc.log}")
             return proc
     state.processes = [p for p in state.processes if p.name != "operator"]
-    env = {
-        "KUBECONFIG": state.kubeconfig,
-        "PROMOTER_TRACKING_URI": state.mlflow_uri,
-        "PROMOTER_STORAGE_ENDPOINT": state.s3_endpoint,
-        "PROMOTER_STORAGE_SECRET": STORAGE_SECRET,
-        "PROMOTER_METRICS_PORT": str(stack.free_port()),
-        "PROMOTER_RETRY_DELAY": "2",
-        "PYTHONPATH": str(REPO / "operator"),
-    }
-    proc = stack.spawn(Path(state.home), "operator", [
-        sys.executable, "-m", "kopf", "run", "-m", "promoter.handlers", "--standalone",
-        "--all-namespaces"], env)
-    state.processes.append(proc)
-    state.save()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if stack.exited(proc):
-            raise StepFailed("start the operator", f"the operator exited ({stack.exit_status(proc)})", proc.log)
-        if "Activity 'startup' succeeded" in Path(proc.log).read_text(errors="replace"):
-            log(f"demo: operator running (pid {proc.pid}, metrics on :{env['PROMOTER_METRICS_PORT']}); "
-                f"log: {proc.log}")
-            return proc
-        time.sleep(0.3)
-    raise StepFailed("start the operator", "not started after 60s", proc.log)
+    operator = harness.Operator(state, Path(state.home) / "logs" / "operator.log", {"PROMOTER_RETRY_DELAY": "2"},
+                                verbose=False, detached=True)
+    try:
+        operator.start(timeout=60)
+    except RuntimeError as e:
+        raise StepFailed("start the operator", str(e).splitlines()[0], str(operator.log)) from None
+    log(f"demo: operator running (pid {operator.pid}, metrics on :{operator.metrics_port}); log: {operator.log}")
+    return operator
 
 
 def _train(state: stack.State, log: Log) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
-    env.update(state.env())
     logfile = Path(state.home) / "logs" / "train.log"
-    with open(logfile, "w") as out:
-        result = subprocess.run([sys.executable, str(REPO / "experiments" / "train.py"), "--seed", "42"],
-                                env=env, stdout=subprocess.PIPE, stderr=out, text=True, timeout=600)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines or not re.fullmatch(r"[0-9a-f]{32}", lines[-1]):
-        raise StepFailed("train a model", f"experiments/train.py exited {result.returncode}", str(logfile))
-    for line in lines[:-1]:
-        if line.startswith("rmse="):
-            log(f"demo: trained rf-regressor: {line}")
-    return lines[-1]
+    try:
+        run_id, metrics = harness.train(state, 42, log=logfile)
+    except RuntimeError as e:
+        raise StepFailed("train a model", str(e), str(logfile)) from None
+    log("demo: trained rf-regressor: " + " ".join(f"{k}={v:g}" for k, v in metrics.items()))
+    return run_id
 
 
 def _promotion(name: str, run_id: str, gates: list[dict[str, Any]] | None = None) -> str:
@@ -123,7 +96,7 @@ def main(log: Log) -> int:
     t0 = time.monotonic()
     step = "bring devstack up"
     state: stack.State | None = None
-    operator: stack.Proc | None = None
+    operator: harness.Operator | stack.Proc | None = None
     try:
         log("demo: [1/6] devstack up (builds the Kubernetes binaries the first time)")
         try:
@@ -133,16 +106,11 @@ def main(log: Log) -> int:
             log(f"demo: devstack already running from {state.home}")
         step = "install the CRDs"
         log("demo: [2/6] installing the ModelPromotion CRD and the namespace")
-        _kubectl(state, "apply", "--server-side", "--force-conflicts", "-f", str(CRD), step=step)
-        _kubectl(state, "wait", "--for=condition=established", "--timeout=60s", "crd/modelpromotions.mlops.dev",
-                 step=step)
-        namespace = json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-        _kubectl(state, "apply", "-f", "-", input=namespace, step=step)
-        secret = _kubectl(state, "-n", NAMESPACE, "create", "secret", "generic", STORAGE_SECRET,
-                          f"--from-literal=AWS_ACCESS_KEY_ID={state.s3_access_key}",
-                          f"--from-literal=AWS_SECRET_ACCESS_KEY={state.s3_secret_key}",
-                          "--dry-run=client", "-o", "json", step=step)
-        _kubectl(state, "apply", "-f", "-", input=secret, step=step)
+        try:
+            harness.install_crd(state)
+            harness.namespace(state, NAMESPACE)
+        except subprocess.CalledProcessError as e:
+            raise StepFailed(step, f"kubectl {' '.join(e.cmd[3:])}: {(e.stderr or '').strip()}") from None
         step = "start the operator"
         log("demo: [3/6] starting the operator")
         operator = _operator(state, log)
@@ -155,7 +123,7 @@ def main(log: Log) -> int:
         _kubectl(state, "-n", NAMESPACE, "apply", "-f", "-", input=_promotion("rf-regressor", run_id), step=step)
         promoted = _wait(state, "rf-regressor", ("Promoted", "Rejected", "Failed"), log, step)
         if promoted["status"]["phase"] != "Promoted":
-            raise StepFailed(step, promoted["status"].get("message", ""), operator.log)
+            raise StepFailed(step, promoted["status"].get("message", ""), str(operator.log))
         sdep_name = promoted["spec"]["target"]["seldonDeployment"]["name"]
         model_uri = _kubectl(state, "-n", NAMESPACE, "get", "seldondeployment", sdep_name, "-o",
                              "jsonpath={.spec.predictors[0].graph.modelUri}", step=step)
@@ -166,7 +134,7 @@ def main(log: Log) -> int:
                  step=step)
         rejected = _wait(state, "too-strict", ("Rejected", "Promoted"), log, step)
         if rejected["status"]["phase"] != "Rejected":
-            raise StepFailed(step, "the strict gate passed", operator.log)
+            raise StepFailed(step, "the strict gate passed", str(operator.log))
 
         print("\n$ kubectl get modelpromotions -n " + NAMESPACE)
         print(_kubectl(state, "-n", NAMESPACE, "get", "modelpromotions", step="show the outcome").rstrip())
@@ -182,7 +150,7 @@ def main(log: Log) -> int:
         return 0
     except StepFailed as e:
         log(f"demo: FAILED at step '{e.step}': {e.detail}")
-        logs = e.log or (operator.log if operator else str(Path(state.home) / "logs") if state else "")
+        logs = e.log or (str(operator.log) if operator else str(Path(state.home) / "logs") if state else "")
         if logs:
             log(f"demo: see the log: {logs}")
         return 1

@@ -11,13 +11,15 @@ Same endpoint and same credentials: S3 CopyObject, no model bytes through the op
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlparse
 
 import urllib3
@@ -68,8 +70,28 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+class ObjectStore(Protocol):
+    """What the copy needs of an S3 endpoint reached with one set of credentials (:class:`Store`
+    over minio; an in-memory one in the unit tests). Failures come out as the operator's two
+    error kinds: ``CredentialsProblem`` when refused, ``Unavailable`` otherwise."""
+
+    endpoint: str
+    who: str  # the Secret the credentials came from, for messages
+    retry_delay: float
+
+    def same_as(self, other: ObjectStore) -> bool: ...
+    def list(self, bucket: str, prefix: str) -> dict[str, FileEntry]: ...
+    def read(self, bucket: str, key: str, limit: int = ...) -> bytes | None: ...
+    def hash(self, bucket: str, key: str, on_chunk: Callable[[int], None] | None = None) -> tuple[str, int]: ...
+    def copy_within(self, bucket: str, key: str, src_bucket: str, src_key: str, size: int) -> None: ...
+    def open(self, bucket: str, key: str) -> AbstractContextManager[BinaryIO]: ...
+    def put_stream(self, bucket: str, key: str, data: BinaryIO, size: int) -> None: ...
+    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
+
+
 class Store:
-    """One S3 endpoint with one set of credentials; ``who`` names the Secret for messages."""
+    """One S3 endpoint with one set of credentials; ``who`` names the Secret for messages.
+    Thread-safe: one is shared by every promotion that uses the same endpoint and keys."""
 
     def __init__(self, endpoint: str, access_key: str, secret_key: str, who: str,
                  timeout: float = 10.0, retry_delay: float = 10.0) -> None:
@@ -77,18 +99,21 @@ class Store:
         self.endpoint = endpoint.rstrip("/")
         self.who = who
         self.retry_delay = retry_delay
-        self._identity = hashlib.sha256(f"{access_key}\0{secret_key}".encode()).hexdigest()
-        http = urllib3.PoolManager(
+        self.identity = identity(access_key, secret_key)
+        self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=timeout, read=max(timeout, 60.0)),
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
             maxsize=16,
         )
         self.client = Minio(parsed.netloc, access_key=access_key, secret_key=secret_key,
-                            secure=parsed.scheme == "https", region="us-east-1", http_client=http)
+                            secure=parsed.scheme == "https", region="us-east-1", http_client=self._http)
 
-    def same_as(self, other: Store) -> bool:
+    def close(self) -> None:
+        self._http.clear()
+
+    def same_as(self, other: ObjectStore) -> bool:
         """Same endpoint and same identity: a CopyObject from one to the other works."""
-        return self.endpoint == other.endpoint and self._identity == other._identity
+        return isinstance(other, Store) and self.endpoint == other.endpoint and self.identity == other.identity
 
     def call(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run one S3 call, turning its failures into the operator's two error kinds."""
@@ -157,6 +182,49 @@ class Store:
         result: tuple[str, int] = self.call(f"reading s3://{bucket}/{key}", run)
         return result
 
+    def copy_within(self, bucket: str, key: str, src_bucket: str, src_key: str, size: int) -> None:
+        """A server-side copy (CopyObject; a multipart compose above S3's 5 GiB limit)."""
+        if size <= COPY_OBJECT_LIMIT:
+            source = CopySource(src_bucket, src_key)
+            self.call(f"copying {src_key}", lambda: self.client.copy_object(bucket, key, source))
+        else:
+            parts = [ComposeSource(src_bucket, src_key)]
+            self.call(f"copying {src_key}", lambda: self.client.compose_object(bucket, key, parts))
+
+    @contextlib.contextmanager
+    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
+        response = self.call(f"reading s3://{bucket}/{key}", lambda: self.client.get_object(bucket, key))
+        try:
+            yield cast(BinaryIO, _Guarded(self, f"reading s3://{bucket}/{key}", response))
+        finally:
+            response.close()
+            response.release_conn()
+
+    def put_stream(self, bucket: str, key: str, data: BinaryIO, size: int) -> None:
+        # One part in flight per file: memory is PART_SIZE x copy concurrency, whatever the
+        # model's size (minio's default of 3 parallel parts made it grow with it).
+        self.call(f"writing s3://{bucket}/{key}", lambda: self.client.put_object(
+            bucket, key, data, size, part_size=part_size(size), num_parallel_uploads=1))
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        self.call(f"writing s3://{bucket}/{key}", lambda: self.client.put_object(
+            bucket, key, cast(BinaryIO, _BytesReader(data)), len(data), content_type=content_type))
+
+
+def identity(access_key: str, secret_key: str) -> str:
+    """A stand-in for a key pair that is safe to keep and compare (never the keys themselves)."""
+    return hashlib.sha256(f"{access_key}\0{secret_key}".encode()).hexdigest()
+
+
+class _Guarded:
+    """A source stream whose read failures become the operator's error kinds."""
+
+    def __init__(self, store: Store, what: str, raw: Any) -> None:
+        self.store, self.what, self.raw = store, what, raw
+
+    def read(self, n: int = -1) -> bytes:
+        return bytes(self.store.call(self.what, lambda: self.raw.read(n)))
+
 
 class _HashingReader:
     """Wraps a response stream: hashes what passes, counts it, reports progress."""
@@ -177,7 +245,7 @@ class _HashingReader:
 class ModelFolder:
     """The model's files in the MLflow artifact store: ``store``, ``bucket``, ``prefix``."""
 
-    store: Store
+    store: ObjectStore
     bucket: str
     prefix: str
 
@@ -192,7 +260,7 @@ class ModelFolder:
         return self.store.read(self.bucket, f"{self.prefix}/{path}")
 
 
-def locate(candidates: Iterable[tuple[Store, str]], run_id: str, model_name: str
+def locate(candidates: Iterable[tuple[ObjectStore, str]], run_id: str, model_name: str
            ) -> tuple[ModelFolder, dict[str, FileEntry]]:
     """The first candidate s3:// URI that holds an MLmodel; ModelNotFound naming all tried."""
     tried: list[str] = []
@@ -212,7 +280,7 @@ def locate(candidates: Iterable[tuple[Store, str]], run_id: str, model_name: str
 
 
 class Copier:
-    def __init__(self, target: Store, bucket: str, prefix: str, concurrency: int = 4) -> None:
+    def __init__(self, target: ObjectStore, bucket: str, prefix: str, concurrency: int = 4) -> None:
         self.target, self.bucket = target, bucket
         self.prefix = prefix.rstrip("/")
         self.concurrency = concurrency
@@ -270,15 +338,7 @@ class Copier:
             src_key, dst_key = f"{source.prefix}/{entry.path}", f"{self.prefix}/{entry.path}"
             streamed_sha = ""
             if server_side:
-                copy_src: Any
-                if entry.size <= COPY_OBJECT_LIMIT:
-                    copy_src = CopySource(source.bucket, src_key)
-                    self.target.call(f"copying {src_key}",
-                                     lambda: self.target.client.copy_object(self.bucket, dst_key, copy_src))
-                else:
-                    copy_src = [ComposeSource(source.bucket, src_key)]
-                    self.target.call(f"copying {src_key}",
-                                     lambda: self.target.client.compose_object(self.bucket, dst_key, copy_src))
+                self.target.copy_within(self.bucket, dst_key, source.bucket, src_key, entry.size)
             else:
                 streamed_sha = self._stream(source, src_key, dst_key, entry.size, tick)
                 with lock:
@@ -302,28 +362,16 @@ class Copier:
                    for e in copied]
         raw = render_manifest(entries, {**meta, "source": source.uri})
         faults.checkpoint("before-manifest")
-        self.target.call("writing the manifest", lambda: self.target.client.put_object(
-            self.bucket, self.manifest_key, cast(BinaryIO, _BytesReader(raw)), len(raw),
-            content_type="application/json"))
+        self.target.put(self.bucket, self.manifest_key, raw, "application/json")
         return CopyResult(len(entries), total_bytes, _digest(raw), self.manifest_key,
                           "server-side" if server_side else "streamed", done["through"])
 
     def _stream(self, source: ModelFolder, src_key: str, dst_key: str, size: int,
                 tick: Callable[[int], None]) -> str:
-        def run() -> str:
-            response = source.store.client.get_object(source.bucket, src_key)
-            try:
-                reader = _HashingReader(cast(BinaryIO, response), tick)
-                # One part in flight per file: memory is PART_SIZE x copy concurrency, whatever
-                # the model's size (minio's default of 3 parallel parts made it grow with it).
-                self.target.client.put_object(self.bucket, dst_key, cast(BinaryIO, reader), size,
-                                              part_size=part_size(size), num_parallel_uploads=1)
-                return reader.digest.hexdigest()
-            finally:
-                response.close()
-                response.release_conn()
-
-        return str(self.target.call(f"streaming {src_key}", run))
+        with source.store.open(source.bucket, src_key) as raw:
+            reader = _HashingReader(raw, tick)
+            self.target.put_stream(self.bucket, dst_key, cast(BinaryIO, reader), size)
+        return reader.digest.hexdigest()
 
 
 def part_size(size: int) -> int:

@@ -7,9 +7,13 @@ MinIO; the README's configuration reference lists them.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
+
+SCOPE_LABEL = "mlops.dev/scope"
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 class ConfigError(ValueError):
@@ -66,6 +70,9 @@ class Settings:
     # files is a dataset logged as the model, and the manifest of each file must stay small.
     max_files: int = 1000
     max_bytes: int = 10 * 1024**3
+    # Operators sharing a cluster: this one handles promotions labelled mlops.dev/scope=<scope>,
+    # or, when empty, those without the label.
+    scope: str = ""
 
     @property
     def artifact_s3_endpoint(self) -> str:
@@ -78,6 +85,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     artifact = env.get("PROMOTER_ARTIFACT_S3_ENDPOINT", "")
     if artifact:
         artifact = _url(env, "PROMOTER_ARTIFACT_S3_ENDPOINT", artifact)
+    scope = env.get("PROMOTER_SCOPE", "")
+    if scope and not _LABEL_VALUE.fullmatch(scope):
+        raise ConfigError(f"PROMOTER_SCOPE={scope!r}: must be a label value (1-63 letters, digits, "
+                          "'-', '_' or '.', starting and ending with a letter or digit)")
     return Settings(
         tracking_uri=_url(env, "PROMOTER_TRACKING_URI", Settings.tracking_uri),
         storage_endpoint=storage,
@@ -92,4 +103,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_int(env, "PROMOTER_METRICS_PORT", Settings.metrics_port, 0, 65535),
         max_files=_int(env, "PROMOTER_MAX_FILES", Settings.max_files, 1, 10_000),
         max_bytes=_int(env, "PROMOTER_MAX_BYTES", Settings.max_bytes, 1, 5 * 1024**4),
+        scope=scope,
     )

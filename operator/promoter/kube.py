@@ -18,9 +18,11 @@ import base64
 import datetime as dt
 import json
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import kopf
@@ -35,10 +37,25 @@ SECRETS = "/api/v1/namespaces/{namespace}/secrets"
 EVENTS = "/api/v1/namespaces/{namespace}/events"
 MERGE_PATCH = "application/merge-patch+json"
 ATTEMPTS = 5
+COMPONENT = "mlflow-seldon-promoter"  # the Events' reportingComponent and source
 log = logging.getLogger("promoter.kube")
 
 Merge = Callable[[dict[str, Any] | None], dict[str, Any] | None]
 """existing object (None when absent) -> the object to write, or None when nothing changes."""
+
+
+class KubeApi(Protocol):
+    """What the reconcile asks of the API server (:class:`Kube`; a recording one in unit tests)."""
+
+    def secret_data(self, namespace: str, name: str, field: str) -> dict[str, str]: ...
+    def ensure_secret(self, namespace: str, name: str, merge: Merge) -> str: ...
+    def get_seldon(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def ensure_seldon(self, namespace: str, name: str, merge: Merge) -> str: ...
+    def get_promotion(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def iter_promotions(self, namespace: str, selector: str = "", page: int = 100) -> Iterator[dict[str, Any]]: ...
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
+                   action: str = "Reconcile") -> None: ...
 
 
 def connection(settings: kopf.OperatorSettings | None = None) -> kopf.ConnectionInfo:
@@ -191,10 +208,28 @@ class Kube:
 
     # --- promotions ---------------------------------------------------------------------
 
-    def iter_promotions(self, namespace: str, page: int = 100) -> Iterator[dict[str, Any]]:
-        """Every promotion of ``namespace``, read ``page`` at a time."""
+    def get_promotion(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One promotion, read as a list filtered by name: the operator lists promotions
+        anyway (kopf's watch, the drift sweep), so it needs no grant to get them."""
+        what = f"reading ModelPromotion {namespace}/{name}"
+        try:
+            found = self._call(what, "GET", PROMOTIONS.format(namespace=namespace),
+                               query={"fieldSelector": f"metadata.name={name}"})
+        except ApiError as e:
+            raise self._refused(what, e) from None
+        items = found.get("items") or []
+        if not items:
+            return None
+        item = dict(items[0])
+        item.setdefault("apiVersion", found.get("apiVersion"))
+        item.setdefault("kind", str(found.get("kind", "")).removesuffix("List"))
+        return item
+
+    def iter_promotions(self, namespace: str, selector: str = "", page: int = 100) -> Iterator[dict[str, Any]]:
+        """Every promotion of ``namespace`` (matching the label ``selector``), ``page`` at a time."""
         what = f"listing ModelPromotions in {namespace}"
-        query: dict[str, Any] = {"limit": page}
+        base: dict[str, Any] = {"limit": page, **({"labelSelector": selector} if selector else {})}
+        query = dict(base)
         while True:
             try:
                 found = self._call(what, "GET", PROMOTIONS.format(namespace=namespace), query=query)
@@ -204,7 +239,7 @@ class Kube:
             token = (found.get("metadata") or {}).get("continue")
             if not token:
                 return
-            query = {"limit": page, "continue": token}
+            query = {**base, "continue": token}
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """A merge patch of a promotion's status (progress while copying, supersession)."""
@@ -217,25 +252,31 @@ class Kube:
                 return
             raise self._refused(what, e) from None
 
-    def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """An Event about a promotion, as kopf posts them (for checks made outside a kopf handler)."""
+    def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
+                   action: str = "Reconcile") -> None:
+        """An Event about a promotion; auxiliary: a failure is logged, never raised."""
         meta = obj.get("metadata") or {}
         namespace = str(meta.get("namespace"))
         stamp = dt.datetime.now(dt.UTC).isoformat()
         body = {
-            "metadata": {"namespace": namespace, "generateName": "kopf-event-"},
-            "type": type_, "reason": reason, "message": message[:1024],
-            "action": "Action?", "reportingComponent": "kopf", "reportingInstance": "dev",
-            "source": {"component": "kopf"},
+            "metadata": {"namespace": namespace, "generateName": f"{meta.get('name')}."},
+            "type": type_, "reason": reason, "message": message[:1024], "action": action,
+            "reportingComponent": COMPONENT, "reportingInstance": _INSTANCE,
+            "source": {"component": COMPONENT, "host": _INSTANCE},
             "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
-                               "namespace": namespace, "name": meta.get("name"), "uid": meta.get("uid")},
-            "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": stamp,
+                               "namespace": namespace, "name": meta.get("name"), "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": stamp, "count": 1,
         }
         try:
             self._call(f"posting an Event about {namespace}/{meta.get('name')}", "POST",
                        EVENTS.format(namespace=namespace), body)
-        except (ApiError, Unavailable) as e:  # Events are auxiliary: never fail the check for one
+        except (ApiError, Unavailable) as e:
             log.warning("could not post Event %s about %s/%s: %s", reason, namespace, meta.get("name"), e)
+
+
+# The Pod's name in a cluster (the Deployment's Pods get it as their hostname).
+_INSTANCE = os.environ.get("HOSTNAME") or socket.gethostname()
 
 
 def _resource_version(obj: Mapping[str, Any]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
@@ -51,7 +51,19 @@ class Auth:
             session.auth = (self.username, self.password)
 
 
+class MlflowApi(Protocol):
+    """What the reconcile asks of a tracking server (:class:`MlflowClient`; an in-memory one in
+    the unit tests). Failures: ``RunNotFound``, else ``Unavailable``."""
+
+    tracking_uri: str
+
+    def get_run(self, run_id: str) -> Run: ...
+    def model_candidates(self, run: Run, model_name: str) -> list[ModelLocation]: ...
+
+
 class MlflowClient:
+    """One tracking server with one identity; shared by the promotions that use both."""
+
     def __init__(self, tracking_uri: str, timeout: float, auth: Auth | None = None,
                  retry_delay: float = 10.0) -> None:
         self.tracking_uri = tracking_uri.rstrip("/")

@@ -40,24 +40,17 @@ CLOUDPICKLE_FIX = (
 )
 
 
-def _labels(labels: Mapping[str, str]) -> dict[str, str]:
-    # Ours last: the label is how the operator recognises its children, callers cannot unset it.
-    return {**labels, MANAGED_BY_LABEL: MANAGED_BY}
+def _labels() -> dict[str, str]:
+    # The label is how the operator recognises its children.
+    return {MANAGED_BY_LABEL: MANAGED_BY}
 
 
-def render_rclone_secret(
-    name: str,
-    namespace: str,
-    endpoint: str,
-    access_key: str,
-    secret_key: str,
-    labels: Mapping[str, str],
-) -> dict[str, Any]:
+def render_rclone_secret(name: str, namespace: str, endpoint: str, access_key: str, secret_key: str) -> dict[str, Any]:
     """The Secret named by the graph's envSecretRefName; stringData, so it patches cleanly."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace, "labels": _labels(labels)},
+        "metadata": {"name": name, "namespace": namespace, "labels": _labels()},
         "type": "Opaque",
         "stringData": {
             "RCLONE_CONFIG_S3_TYPE": "s3",
@@ -71,11 +64,7 @@ def render_rclone_secret(
 
 
 def render_seldon_deployment(
-    target: SeldonTarget,
-    namespace: str,
-    model_uri: str,
-    labels: Mapping[str, str],
-    annotations: Mapping[str, str],
+    target: SeldonTarget, namespace: str, model_uri: str, annotations: Mapping[str, str]
 ) -> dict[str, Any]:
     """A one-predictor, one-node SeldonDeployment serving model_uri."""
     graph = {
@@ -91,7 +80,7 @@ def render_seldon_deployment(
         "metadata": {
             "name": target.name,
             "namespace": namespace,
-            "labels": _labels(labels),
+            "labels": _labels(),
             "annotations": dict(annotations),
         },
         "spec": {

@@ -419,12 +419,12 @@ def object_prefix(spec: ModelPromotionSpec) -> str:
 # -- status ----------------------------------------------------------------------------------
 
 
-class _Status(BaseModel):
+class _StatusModel(BaseModel):
     # Status read back from the cluster carries kopf's bookkeeping next to ours: ignore it.
     model_config = ConfigDict(populate_by_name=True, alias_generator=to_camel, extra="ignore")
 
 
-class Condition(_Status):
+class Condition(_StatusModel):
     """One of Ready, GatesPassed, ArtifactCopied, Deployed (kstatus conventions)."""
 
     # Set through set_condition, which keeps lastTransitionTime when the status is unchanged.
@@ -437,7 +437,7 @@ class Condition(_Status):
     observed_generation: int | None = None
 
 
-class GateResult(_Status):
+class GateResult(_StatusModel):
     """One gate's decision; value is absent when the metric is missing or not finite."""
 
     metric: str
@@ -448,7 +448,7 @@ class GateResult(_Status):
     reason: str | None = None
 
 
-class Artifact(_Status):
+class Artifact(_StatusModel):
     """The verified copy: totals, and the manifest that lists each file's size and sha256."""
 
     files: int
@@ -457,7 +457,7 @@ class Artifact(_Status):
     manifest: str = Field(description="Object key of the manifest.")
 
 
-class Progress(_Status):
+class Progress(_StatusModel):
     files_done: int
     files_total: int
     bytes_done: int
@@ -466,7 +466,6 @@ class Progress(_Status):
 
 class Phase(StrEnum):
     PENDING = "Pending"
-    EVALUATING = "Evaluating"
     COPYING = "Copying"
     DEPLOYING = "Deploying"
     PROMOTED = "Promoted"
@@ -475,7 +474,7 @@ class Phase(StrEnum):
     SUPERSEDED = "Superseded"
 
 
-class PromotionStatus(_Status):
+class PromotionStatus(_StatusModel):
     """What the operator decided about this promotion, with the evidence."""
 
     # The status patch is model_dump(by_alias=True, exclude_none=True, mode="json"): fields

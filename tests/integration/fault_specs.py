@@ -19,6 +19,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from devstack.harness import SCOPE_LABEL
+
+SCOPE = "faults"  # the fault suite's operator handles these promotions, no other one
+
 Path = tuple[str | int, ...]
 DELETE = object()
 UNKNOWN_RUN = "0123456789abcdef0123456789abcdef"
@@ -38,7 +42,7 @@ def base(name: str, run_id: str, prefix: str = "bad") -> dict[str, Any]:
     return {
         "apiVersion": "mlops.dev/v1alpha1",
         "kind": "ModelPromotion",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {SCOPE_LABEL: SCOPE}},
         "spec": {
             "source": {"runId": run_id},
             "gates": [{"metric": "rmse", "op": "LessThan", "threshold": 1}],

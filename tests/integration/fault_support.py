@@ -1,5 +1,5 @@
-"""What the fault suite injects faults with and records evidence by: operators (one limited to a
-namespace may carry a crash point), a server killed outright, a watcher that keeps
+"""What the fault suite injects faults with and records evidence by: its operators (one limited
+to a namespace may carry a crash point), a server killed outright, a watcher that keeps
 every version of the SeldonDeployments, and readers of the operator's log and the bucket."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import signal
 import threading
 import time
@@ -20,43 +19,19 @@ from kubernetes import client, config, watch
 from minio.error import S3Error
 
 from devstack import stack
+from devstack.harness import Operator
 
-from .conftest import Operator
+from .fault_specs import SCOPE
 from .helpers import s3
 
 SELDON = ("machinelearning.seldon.io", "v1", "seldondeployments")
 MANIFEST = "promotion-manifest.json"
 
 
-class FaultOperator(Operator):
-    """The operator watching the namespaces given, or all of them (``namespaces=None``)."""
-
-    def __init__(self, devstack: stack.State, log: Path, namespaces: list[str] | None,
-                 extra_env: dict[str, str] | None = None) -> None:
-        super().__init__(devstack, log, extra_env,
-                         args=[f"--namespace={ns}" for ns in namespaces] if namespaces else None)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_dead(self, timeout: float) -> int:
-        assert self.proc is not None
-        code = self.proc.wait(timeout)
-        self.proc = None
-        return code
-
-    def invocations(self, namespace: str, name: str, handler: str = "reconcile") -> list[float]:
-        """Times (epoch seconds) at which kopf invoked the handler for one object, whole log."""
-        pattern = re.compile(rf"^\[(\S+ \S+)\] .*\[{re.escape(namespace)}/{re.escape(name)}\] "
-                             rf"Handler '{re.escape(handler)}' is invoked", re.M)
-        return [_log_time(m.group(1)) for m in pattern.finditer(self.text())]
-
-    def tracebacks(self) -> int:
-        return self.text().count("Traceback (most recent call last)")
-
-
-def _log_time(stamp: str) -> float:
-    return time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(stamp.split(",")[1]) / 1000
+def fault_operator(devstack: stack.State, log: Path, namespaces: list[str] | None,
+                   env: dict[str, str] | None = None) -> Operator:
+    """The suite's operator: scope ``faults``, watching the namespaces given (None: all)."""
+    return Operator(devstack, log, env, namespaces=namespaces, scope=SCOPE)
 
 
 def kill_component(devstack: stack.State, name: str) -> None:

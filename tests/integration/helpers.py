@@ -11,26 +11,13 @@ from typing import Any
 from minio import Minio
 
 from devstack import stack
+from devstack.harness import promotion
+
+__all__ = ["RMSE_BELOW_1", "apply", "condition", "events", "get", "none_contain", "objects", "phase_in",
+           "promotion", "read_object", "s3", "secret_data", "wait_for"]
 
 # A gate the small models of tests/integration/runs.py (rmse 0.5) pass.
 RMSE_BELOW_1 = [{"metric": "rmse", "op": "LessThan", "threshold": 1}]
-
-
-def promotion(name: str, run_id: str, gates: list[dict[str, Any]] | None = None,
-              deployment: str = "minio-sklearn", **source: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "mlops.dev/v1alpha1",
-        "kind": "ModelPromotion",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"runId": run_id, **source},
-            "gates": gates if gates is not None else [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 70}],
-            "target": {
-                "storage": {"bucket": "models", "prefix": "rf-regressor"},
-                "seldonDeployment": {"name": deployment, "implementation": "SKLEARN_SERVER", "protocol": "v2"},
-            },
-        },
-    }
 
 
 def apply(devstack: stack.State, namespace: str, obj: dict[str, Any], check: bool = True) -> Any:

@@ -2,8 +2,9 @@
 of a promotion, MLflow / S3 / the API server down mid-promotion, writers racing the operator,
 children deleted, a promoted copy tampered with, and well over a hundred hostile specs.
 
-The operator here (the session's one sits this module out) re-checks promoted promotions
-every 5 s (PROMOTER_DRIFT_INTERVAL) and retries after 1 s, doubling (PROMOTER_RETRY_DELAY).
+The operator here has a scope of its own (``faults``: the session's operator leaves these
+promotions alone), re-checks promoted promotions every 5 s (PROMOTER_DRIFT_INTERVAL) and retries
+after 1 s, doubling (PROMOTER_RETRY_DELAY).
 ``make test`` runs a subset; ``make test-faults`` (FAULTS_FULL=1) runs every crash point and
 outage, and prints the table of faults injected, outcomes and recovery times.
 """
@@ -28,24 +29,23 @@ from hypothesis import HealthCheck, Phase, given, settings
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from devstack import stack
+from devstack import harness, stack
+from devstack.harness import STORAGE_SECRET, Operator
 
-from . import conftest
-from .conftest import STORAGE_SECRET, Operator
-from .fault_specs import TABLE, Case, base, mutate, mutations, names_a_field
+from .fault_specs import SCOPE, TABLE, Case, base, mutate, mutations, names_a_field
 from .fault_support import (
     MANIFEST,
     SELDON,
-    FaultOperator,
     SeldonWatcher,
     api,
     bucket_listing,
+    fault_operator,
     kill_component,
     manifest_problems,
     promoter_api,
     wait_until,
 )
-from .helpers import apply, condition, events, get, objects, phase_in, promotion, s3, secret_data, wait_for
+from .helpers import apply, condition, events, get, objects, phase_in, s3, secret_data, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -98,17 +98,13 @@ def fault_table(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def faults_operator(devstack: stack.State, crd: None, operator: Operator,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultOperator]:
-    # The session's operator watches every namespace and would finish what ours is made to drop.
-    operator.stop()
-    op = FaultOperator(devstack, tmp_path_factory.mktemp("faults") / "operator.log", None, FAULT_ENV)
+def faults_operator(devstack: stack.State, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    op = fault_operator(devstack, tmp_path_factory.mktemp("faults") / "operator.log", None, FAULT_ENV)
     op.start()
     try:
         yield op
     finally:
         op.stop()
-        operator.start()
 
 
 @pytest.fixture(scope="module")
@@ -119,20 +115,18 @@ def fruns(mlflow_env: dict[str, str]) -> dict[str, str]:
 
 
 def new_namespace(devstack: stack.State) -> str:
-    return conftest.new_namespace(devstack, "f")
+    return harness.namespace(devstack, prefix="f")
 
 
 @pytest.fixture
-def fns(devstack: stack.State, faults_operator: FaultOperator) -> Iterator[str]:
+def fns(devstack: stack.State, faults_operator: Operator) -> Iterator[str]:
     yield new_namespace(devstack)
     if not faults_operator.alive():  # a test that stopped it failed before starting it again
         faults_operator.start()
 
 
 def promote(name: str, run_id: str, prefix: str, deployment: str) -> dict[str, Any]:
-    obj = promotion(name, run_id, GATE, deployment=deployment)
-    obj["spec"]["target"]["storage"]["prefix"] = prefix
-    return obj
+    return harness.promotion(name, run_id, GATE, deployment=deployment, prefix=prefix, scope=SCOPE)
 
 
 def reconciling(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -157,7 +151,7 @@ def reasons(devstack: stack.State, namespace: str, name: str) -> list[tuple[str,
     return [(e["type"], e["reason"]) for e in events(devstack, namespace, name)]
 
 
-# --- 4. bad input ----------------------------------------------------------------------------
+# --- 1. bad input ----------------------------------------------------------------------------
 
 
 def _generated(count: int) -> list[list[tuple[Any, Any]]]:
@@ -178,7 +172,7 @@ def _generated(count: int) -> list[list[tuple[Any, Any]]]:
 
 
 def test_malformed_and_hostile_specs_are_refused_or_rejected_once_and_write_nothing(
-        devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
+        devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     op = faults_operator
     custom = client.CustomObjectsApi(api(devstack))
     before = {b: bucket_listing(devstack, b) for b in ("models", "mlflow")}
@@ -266,7 +260,7 @@ def test_malformed_and_hostile_specs_are_refused_or_rejected_once_and_write_noth
         "bucket), each reconciled once; operator alive, no Traceback, no bucket write", "n/a"))
 
 
-# --- 1. crash-safety -------------------------------------------------------------------------
+# --- 2. crash-safety -------------------------------------------------------------------------
 
 CRASH_POINTS = [
     pytest.param("after-gates", marks=full_only),
@@ -278,7 +272,7 @@ CRASH_POINTS = [
 
 
 @pytest.fixture(scope="module")
-def reference(devstack: stack.State, faults_operator: FaultOperator, fruns: dict[str, str]) -> dict[str, Any]:
+def reference(devstack: stack.State, faults_operator: Operator, fruns: dict[str, str]) -> dict[str, Any]:
     """The same run promoted with no fault: what every crashed promotion must end as."""
     ns = new_namespace(devstack)
     apply(devstack, ns, promote("reference", fruns["multi"], "crash-ref", "served"))
@@ -297,7 +291,7 @@ def _left_behind(devstack: stack.State, ns: str, prefix: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_a_crash_at_each_step_converges_to_the_clean_end_state_with_nothing_half_done_exposed(
-        point: str, devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str],
+        point: str, devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str],
         reference: dict[str, Any], tmp_path: Path) -> None:
     run_id = fruns["multi"]
     prefix = f"crash-{point.replace(':', '-')}"
@@ -305,7 +299,7 @@ def test_a_crash_at_each_step_converges_to_the_clean_end_state_with_nothing_half
     total = len(reference["files"]) - 1
     watcher = SeldonWatcher(devstack, fns).start()
     faults_operator.stop()
-    crashing = FaultOperator(devstack, tmp_path / "crashing.log", [fns], {**FAULT_ENV, "PROMOTER_CRASH_AT": point})
+    crashing = fault_operator(devstack, tmp_path / "crashing.log", [fns], {**FAULT_ENV, "PROMOTER_CRASH_AT": point})
     crashing.start()
     try:
         apply(devstack, fns, promote("crashy", run_id, prefix, "served"))
@@ -370,37 +364,15 @@ def test_a_crash_at_each_step_converges_to_the_clean_end_state_with_nothing_half
 # --- 3. conflicts ----------------------------------------------------------------------------
 
 
-def _audit_since(devstack: stack.State, offset: int) -> list[dict[str, Any]]:
-    """The API server's audit events written after offset."""
-    with open(devstack.audit_log, "rb") as f:
-        f.seek(offset)
-        lines = f.read().decode(errors="replace").splitlines()
-    events = []
-    for line in lines:
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
-
-
-def _audit_conflicts(devstack: stack.State, offset: int) -> int | None:
+def _audit_conflicts(devstack: stack.State, offset: int) -> int:
     """409s the API server answered to someone else's SeldonDeployment patches, from the audit log."""
-    path = getattr(devstack, "audit_log", None)
-    if not path or not Path(path).exists():
-        return None
-    count = 0
-    for event in _audit_since(devstack, offset):
-        ref = event.get("objectRef") or {}
-        if (ref.get("resource") == "seldondeployments" and event.get("verb") == "patch"
-                and (event.get("responseStatus") or {}).get("code") == 409
-                and not str(event.get("userAgent", "")).startswith("fault-")):
-            count += 1
-    return count
+    return sum(1 for r in harness.Audit(devstack).requests(offset)
+               if r.resource == "seldondeployments" and r.verb == "patch" and r.code == 409
+               and not r.agent.startswith("fault-"))
 
 
 def test_another_writer_racing_the_operator_loses_nothing_and_neither_does_the_operator(
-        devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
+        devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     apply(devstack, fns, promote("first", fruns["small-0"], "race", "contended"))
     wait_for(devstack, fns, "first", phase_in("Promoted"), timeout=60)
     custom = client.CustomObjectsApi(api(devstack, "fault-patcher"))
@@ -412,8 +384,7 @@ def test_another_writer_racing_the_operator_loses_nothing_and_neither_does_the_o
             custom.patch_namespaced_custom_object(*SELDON[:2], fns, SELDON[2], "contended", {"metadata": {
                 "labels": {"team": "fraud"}, "annotations": {"other-writer/tick": str(ticks[0])}}})
 
-    audit_path = getattr(devstack, "audit_log", None)
-    offset = Path(audit_path).stat().st_size if audit_path and Path(audit_path).exists() else 0
+    offset = harness.Audit(devstack).mark()
     thread = threading.Thread(target=patcher, daemon=True)
     thread.start()
     started = time.monotonic()
@@ -436,7 +407,7 @@ def test_another_writer_racing_the_operator_loses_nothing_and_neither_does_the_o
     # deterministic 409 is the next test's.
     conflicts = _audit_conflicts(devstack, offset)
     TABLE_ROWS.append(Row("writer patching the SeldonDeployment in a loop (409)", ticks[0],
-                          f"promoted through {conflicts if conflicts is not None else '?'} conflicts; "
+                          f"promoted through {conflicts} conflicts; "
                           "other writer's label and last annotation kept", f"{took:.1f}s to Promoted"))
 
 
@@ -466,7 +437,7 @@ def test_a_write_between_the_operators_read_and_patch_is_a_409_retried_on_fresh_
                                                   {"metadata": {"labels": {"team": "fraud"}}})
         return merge_owned(have, desired)
 
-    audit_offset = Path(devstack.audit_log).stat().st_size
+    audit_offset = harness.Audit(devstack).mark()
     assert Kube(promoter_api(devstack, "promoter-under-test")).ensure_seldon(fns, "window", merge) == "patched"
     assert len(reads) == 2 and reads[0] != reads[1]
     sdep = get(devstack, fns, "seldondeployment", "window")
@@ -474,13 +445,13 @@ def test_a_write_between_the_operators_read_and_patch_is_a_409_retried_on_fresh_
     assert sdep["metadata"]["labels"]["team"] == "fraud"
     assert sdep["metadata"]["annotations"]["mlops.dev/promotion"] == "mine"
     assert sd_uri(sdep) == "s3://models/new"
-    codes = [e["responseStatus"]["code"] for e in _audit_since(devstack, audit_offset)
-             if e.get("userAgent") == "promoter-under-test" and e["verb"] == "patch"]
+    codes = [r.code for r in harness.Audit(devstack).requests(audit_offset)
+             if r.agent == "promoter-under-test" and r.verb == "patch"]
     assert codes == [409, 200]
 
 
 def test_a_promotion_wrongly_marked_superseded_reclaims_the_deployment_that_names_it(
-        devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
+        devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     """Two promotions finishing within milliseconds can each mark the other Superseded; the
     SeldonDeployment says who serves, and the drift check puts that one back to Promoted."""
     apply(devstack, fns, promote("named", fruns["small-0"], "reclaim", "reclaimed"))
@@ -498,7 +469,7 @@ def test_a_promotion_wrongly_marked_superseded_reclaims_the_deployment_that_name
 
 
 def test_two_promotions_for_one_deployment_applied_at_once_settle_on_one(
-        devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
+        devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     runs = {"left": fruns["small-2"], "right": fruns["small-3"]}
     items = [promote(name, run, "duo", "duo") for name, run in runs.items()]
     started = time.monotonic()
@@ -526,8 +497,24 @@ def test_two_promotions_for_one_deployment_applied_at_once_settle_on_one(
                           f"{winner} Promoted and serving, {loser} Superseded", f"{took:.1f}s to settle"))
 
 
+def test_a_takeover_applied_while_the_operator_was_down_supersedes_the_promotion_serving_before(
+        devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
+    """The new process has written no status yet: the promotion taken over is read (a list by
+    name) or checked on resume, and either way ends Superseded."""
+    apply(devstack, fns, promote("before", fruns["small-0"], "down", "handed"))
+    wait_for(devstack, fns, "before", phase_in("Promoted"), timeout=60)
+    faults_operator.stop()
+    apply(devstack, fns, promote("after", fruns["small-1"], "down", "handed"))
+    faults_operator.start()
+    after = wait_for(devstack, fns, "after", phase_in("Promoted", "Rejected", "Failed"), timeout=60)
+    before = wait_for(devstack, fns, "before", phase_in("Superseded"), timeout=30)
+    assert after["status"]["phase"] == "Promoted" and before["status"]["supersededBy"] == "after"
+    sdep = get(devstack, fns, "seldondeployment", "handed")
+    assert sdep is not None and sdep["metadata"]["annotations"]["mlops.dev/promotion"] == "after"
+
+
 def test_a_deleted_secret_or_deployment_is_restored_by_the_drift_timer(
-        devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
+        devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     apply(devstack, fns, promote("kept", fruns["small-0"], "restore", "kept"))
     wait_for(devstack, fns, "kept", phase_in("Promoted"), timeout=60)
     uri = f"s3://models/restore/{fruns['small-0']}"
@@ -548,11 +535,11 @@ def test_a_deleted_secret_or_deployment_is_restored_by_the_drift_timer(
                           f"{times[0]:.1f}s / {times[1]:.1f}s (drift interval 5s)"))
 
 
-# --- 5. tampering ----------------------------------------------------------------------------
+# --- 4. tampering ----------------------------------------------------------------------------
 
 
 def test_a_changed_file_in_a_promoted_copy_is_reported_and_serving_is_not_repointed(
-        devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
+        devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     run_id = fruns["small-1"]
     apply(devstack, fns, promote("guarded", run_id, "tamper", "guarded"))
     wait_for(devstack, fns, "guarded", phase_in("Promoted"), timeout=60)
@@ -588,16 +575,16 @@ def test_a_changed_file_in_a_promoted_copy_is_reported_and_serving_is_not_repoin
                           f"detected in {detected:.1f}s; a person decides", "nothing (the tampering is reported)"))
 
 
-# --- 2. outages ------------------------------------------------------------------------------
+# --- 5. outages ------------------------------------------------------------------------------
 
 
-def _retry_gaps(op: FaultOperator, ns: str, name: str) -> list[float]:
+def _retry_gaps(op: Operator, ns: str, name: str) -> list[float]:
     times = op.invocations(ns, name)
     return [round(b - a, 1) for a, b in zip(times, times[1:], strict=False)]
 
 
 def test_mlflow_down_for_a_while_is_waited_for_then_the_promotion_completes(
-        devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
+        devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     stack.stop_component(devstack, "mlflow")
     down = time.monotonic()
     try:
@@ -623,7 +610,7 @@ def test_mlflow_down_for_a_while_is_waited_for_then_the_promotion_completes(
 
 @full_only
 def test_the_s3_server_killed_mid_copy_is_waited_for_and_the_copy_redone(
-        devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
+        devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     run_id = fruns["big"]
     key_prefix = f"out-s3/{run_id}/"
     watcher = SeldonWatcher(devstack, fns).start()
@@ -654,7 +641,7 @@ def test_the_s3_server_killed_mid_copy_is_waited_for_and_the_copy_redone(
 
 @full_only
 def test_the_api_server_restarted_mid_promotion_is_survived(
-        devstack: stack.State, faults_operator: FaultOperator, fns: str, fruns: dict[str, str]) -> None:
+        devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     run_id = fruns["big"]
     apply(devstack, fns, promote("steadfast", run_id, "out-kube", "steadfast"))
     # The first copied object is the earliest sign of the copy (a copy this short writes no

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from devstack import stack
+from devstack import harness, stack
 
-from .conftest import Operator, train
+from .conftest import STORAGE_SECRET, Operator, train
 from .helpers import (
     RMSE_BELOW_1,
     apply,
@@ -239,7 +239,7 @@ def test_a_later_promotion_supersedes_and_user_fields_survive(
         devstack: stack.State, operator: Operator, namespace: str, trained: tuple[str, dict[str, float]],
         mlflow_env: dict[str, str]) -> None:
     run_a, _ = trained
-    run_b, _ = train(mlflow_env, 7)
+    run_b, _ = train(devstack, 7)
     first, second = _name(), _name()
     apply(devstack, namespace, promotion(first, run_a))
     wait_for(devstack, namespace, first, phase_in("Promoted"))
@@ -330,3 +330,45 @@ def test_credentials_never_reach_the_log_status_or_events(
     ]
     assert none_contain(devstack.s3_secret_key, texts)
     assert none_contain(password, texts)
+
+
+def test_a_serving_promotion_whose_storage_secret_is_deleted_stays_promoted_and_recovers(
+        devstack: stack.State, crd: None, runs: dict[str, str], tmp_path: Any) -> None:
+    """Promoted; the storage Secret deleted; the operator restarted and its sweep run: still
+    Promoted, Ready=False (Degraded) naming the Secret, the SeldonDeployment untouched. The
+    Secret back: Ready=True again, and still no write to the SeldonDeployment."""
+    ns = harness.namespace(devstack, prefix="d")
+    op = Operator(devstack, tmp_path / "operator.log", {"PROMOTER_DRIFT_INTERVAL": "5"}, namespaces=[ns],
+                  scope="degraded")
+    op.start()
+    try:
+        apply(devstack, ns, harness.promotion("serving", runs["mlflow2"], RMSE_BELOW_1, deployment="kept",
+                                              scope="degraded"))
+        wait_for(devstack, ns, "serving", phase_in("Promoted"))
+        before = get(devstack, ns, "seldondeployment", "kept")
+        assert before is not None
+        devstack.kubectl("-n", ns, "delete", "secret", STORAGE_SECRET)
+        op.stop()
+        op.start()
+
+        def degraded(obj: dict[str, Any]) -> bool:
+            ready = condition(obj, "Ready")
+            return ready["status"] == "False" and ready["reason"] == "Degraded"
+
+        mp = wait_for(devstack, ns, "serving", degraded, timeout=30)
+        ready = condition(mp, "Ready")
+        assert mp["status"]["phase"] == "Promoted"
+        assert f"Secret {ns}/{STORAGE_SECRET}" in ready["message"] and "not found" in ready["message"]
+        time.sleep(11)  # two sweeps: still Promoted, the problem announced once
+        mp = get(devstack, ns, "modelpromotion", "serving")
+        assert mp is not None and mp["status"]["phase"] == "Promoted" and degraded(mp)
+        assert [e["reason"] for e in events(devstack, ns, "serving")].count("Degraded") == 1
+        assert get(devstack, ns, "seldondeployment", "kept") == before
+
+        harness.namespace(devstack, ns)  # the Secret back, as it was
+        mp = wait_for(devstack, ns, "serving", lambda o: condition(o, "Ready")["status"] == "True", timeout=30)
+        assert mp["status"]["phase"] == "Promoted" and condition(mp, "Ready")["reason"] == "Promoted"
+        assert "Recovered" in [e["reason"] for e in events(devstack, ns, "serving")]
+        assert get(devstack, ns, "seldondeployment", "kept") == before  # same resourceVersion: no write
+    finally:
+        op.stop()

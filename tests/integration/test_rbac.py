@@ -1,8 +1,9 @@
 """RBAC is enough and no more, proven on devstack's real API server.
 
 The operator runs the way the namespaced overlay (manifests/overlays/namespaced) deploys it: as
-its ServiceAccount, authenticated by a token from the TokenRequest API, watching one namespace.
-It promotes a model, restores a SeldonDeployment and a Secret someone edited, and hands the
+its ServiceAccount, authenticated by a token from the TokenRequest API, watching one namespace
+(with a scope of its own, so the session's operator leaves these promotions alone). It promotes
+a model, restores a SeldonDeployment and a Secret someone edited, is restarted, and hands the
 SeldonDeployment to a later promotion. The API server's audit log then lists every request that
 identity made; the overlay's Role and ClusterRole must grant exactly those verbs, nothing was
 refused, and `kubectl auth can-i` as the same identity says no to everything else.
@@ -11,11 +12,8 @@ refused, and `kubectl auth can-i` as the same identity says no to everything els
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,10 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
-from devstack import stack
+from devstack import harness, stack
+from devstack.harness import REPO, Operator
 
-from .conftest import REPO, STORAGE_SECRET, Operator
-from .helpers import apply, get, phase_in, promotion, secret_data, wait_for
+from .helpers import apply, get, phase_in, secret_data, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +45,7 @@ RESOURCES = (
     ("events.k8s.io", "events"), ("", "configmaps"), ("", "pods"), ("", "namespaces"),
     ("apiextensions.k8s.io", "customresourcedefinitions"), ("coordination.k8s.io", "leases"),
 )
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+SCOPE = "rbac"
 
 Grant = tuple[str, str, str]  # (API group, resource[/subresource], verb)
 
@@ -79,8 +77,8 @@ def granted(objs: list[dict[str, Any]]) -> set[Grant]:
 def service_account_operator(devstack: stack.State, log: Path, kubeconfig: Path, namespaces: list[str]) -> Operator:
     """The operator as the Deployment runs it: kubeconfig with the SA's token, `--namespace=NS`.
     A short drift interval so the restore path (patches of children) runs within the test."""
-    return Operator(devstack, log, {"KUBECONFIG": str(kubeconfig), "PROMOTER_DRIFT_INTERVAL": "5"},
-                    args=[f"--namespace={ns}" for ns in namespaces])
+    return Operator(devstack, log, {"PROMOTER_DRIFT_INTERVAL": "5"}, namespaces=namespaces, scope=SCOPE,
+                    kubeconfig=kubeconfig)
 
 
 @dataclass
@@ -100,21 +98,8 @@ class Request:
 
 def audit(devstack: stack.State, offset: int, username: str) -> list[Request]:
     """The requests ``username`` made since ``offset`` of the audit log, one per audit ID."""
-    seen: dict[str, Request] = {}
-    with open(devstack.audit_log, "rb") as f:
-        f.seek(offset)
-        for line in f:
-            event = json.loads(line)
-            if event["user"]["username"] != username:
-                continue
-            ref = event.get("objectRef") or {}
-            resource = ref.get("resource", "")
-            if ref.get("subresource"):
-                resource += "/" + ref["subresource"]
-            seen[event["auditID"]] = Request(  # ResponseComplete overrides ResponseStarted (watches)
-                event["verb"], ref.get("apiGroup", ""), resource, ref.get("namespace", ""), ref.get("name", ""),
-                int((event.get("responseStatus") or {}).get("code") or 0), event["requestURI"])
-    return list(seen.values())
+    return [Request(r.verb, r.group, r.qualified, r.namespace, r.name, r.code, r.uri)
+            for r in harness.Audit(devstack).requests(offset, user=username)]
 
 
 @dataclass
@@ -126,15 +111,6 @@ class Evidence:
     first: dict[str, Any]
     second: dict[str, Any]
     operator_log: str
-
-
-def _train(env: dict[str, str]) -> str:
-    out = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "train.py"), "--n-estimators", "10", "--experiment",
-         "promoter-rbac"], env=env, capture_output=True, text=True, timeout=300, check=True,
-    ).stdout.strip().splitlines()
-    assert RUN_ID.match(out[-1]), out
-    return out[-1]
 
 
 def _sa_kubeconfig(devstack: stack.State, path: Path, namespace: str) -> Path:
@@ -152,44 +128,36 @@ def _sa_kubeconfig(devstack: stack.State, path: Path, namespace: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def evidence(devstack: stack.State, crd: None, operator: Operator, mlflow_env: dict[str, str],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evidence]:
+def evidence(devstack: stack.State, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Evidence]:
     """One session of real work by the ServiceAccount, and the audit log of it."""
-    if not Path(devstack.audit_log).exists():
-        pytest.fail(f"no audit log at {devstack.audit_log}: this devstack was started before devstack "
-                    "kept one; restart it (`python -m devstack down`, then `up`)")
-    # The session's own operator runs as admin over every namespace and would race ours for the
-    # promotions below; it sits out this module.
-    operator.stop()
     tmp = tmp_path_factory.mktemp("rbac")
+    ns = harness.namespace(devstack, prefix="w")
+    rbac = watching(kustomize(devstack, OVERLAY), ns)
+    devstack.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
+    run_id, _ = harness.train(devstack, n_estimators=10, experiment="promoter-rbac", timeout=300)
+    kubeconfig = _sa_kubeconfig(devstack, tmp / "promoter.kubeconfig", ns)
+    audit_log = harness.Audit(devstack)
+    offset = audit_log.mark()
+    sa_operator = service_account_operator(devstack, tmp / "operator.log", kubeconfig, [ns])
+    sa_operator.start()
     try:
-        ns = f"w-{uuid.uuid4().hex[:8]}"
-        devstack.kubectl("create", "namespace", ns)
-        rbac = watching(kustomize(devstack, OVERLAY), ns)
-        devstack.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": rbac}))
-        devstack.kubectl("-n", ns, "create", "secret", "generic", STORAGE_SECRET,
-                         f"--from-literal=AWS_ACCESS_KEY_ID={devstack.s3_access_key}",
-                         f"--from-literal=AWS_SECRET_ACCESS_KEY={devstack.s3_secret_key}")
-        run_id = _train(mlflow_env)
-        kubeconfig = _sa_kubeconfig(devstack, tmp / "promoter.kubeconfig", ns)
-        offset = Path(devstack.audit_log).stat().st_size
-        sa_operator = service_account_operator(devstack, tmp / "operator.log", kubeconfig, [ns])
-        sa_operator.start()
-        try:
-            first, second = _work(devstack, ns, run_id)
-        finally:
-            sa_operator.stop()  # ends its watches, so their audit events are complete
-        time.sleep(0.5)
-        yield Evidence(ns, rbac, kubeconfig, audit(devstack, offset, USERNAME), first, second, sa_operator.text())
+        first, second = _work(devstack, ns, run_id, sa_operator)
     finally:
-        operator.start()
+        sa_operator.stop()  # ends its watches, so their audit events are complete
+    time.sleep(0.5)
+    yield Evidence(ns, rbac, kubeconfig, audit(devstack, offset, USERNAME), first, second, sa_operator.text())
 
 
-def _work(devstack: stack.State, ns: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every path that writes: promote, restore edited children, supersede."""
+def _work(devstack: stack.State, ns: str, run_id: str, operator: Operator) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every path that writes: promote, restore edited children, restart, supersede (the
+    promotion taken over is read, since the new process never wrote its status)."""
     gates = [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 80},
              {"metric": "r2", "op": "GreaterThan", "threshold": 0.3}]
-    apply(devstack, ns, promotion("first", run_id, gates, deployment="served"))
+
+    def promotion(name: str) -> dict[str, Any]:
+        return harness.promotion(name, run_id, gates, deployment="served", scope=SCOPE)
+
+    apply(devstack, ns, promotion("first"))
     wait_for(devstack, ns, "first", phase_in("Promoted", "Rejected", "Failed"), timeout=90)
 
     # someone edits both children; the drift sweep puts them back with patches
@@ -208,7 +176,9 @@ def _work(devstack: stack.State, ns: str, run_id: str) -> tuple[dict[str, Any], 
     else:
         raise AssertionError("the operator did not restore the edited SeldonDeployment and Secret in 60s")
 
-    apply(devstack, ns, promotion("second", run_id, gates, deployment="served"))
+    operator.stop()
+    operator.start()
+    apply(devstack, ns, promotion("second"))
     second = wait_for(devstack, ns, "second", phase_in("Promoted", "Rejected", "Failed"), timeout=90)
     first = wait_for(devstack, ns, "first", phase_in("Superseded"), timeout=30)
     return first, second

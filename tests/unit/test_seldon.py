@@ -23,16 +23,14 @@ URI = "s3://models/rf-regressor/5f0c2d9e5f0c2d9e5f0c2d9e5f0c2d9e"
 
 
 def test_rclone_secret_holds_exactly_the_keys_seldon_reads() -> None:
-    secret = render_rclone_secret(
-        "seldon-rclone-secret", "ml", "http://minio:9000", "AKIA-ID", "shh", {"team": "a"}
-    )
+    secret = render_rclone_secret("seldon-rclone-secret", "ml", "http://minio:9000", "AKIA-ID", "shh")
     assert secret == {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
             "name": "seldon-rclone-secret",
             "namespace": "ml",
-            "labels": {"team": "a", MANAGED_BY_LABEL: MANAGED_BY},
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
         },
         "type": "Opaque",
         "stringData": {
@@ -47,21 +45,16 @@ def test_rclone_secret_holds_exactly_the_keys_seldon_reads() -> None:
     assert tuple(secret["stringData"]) == RCLONE_KEYS
 
 
-def test_the_managed_by_label_cannot_be_overridden() -> None:
-    secret = render_rclone_secret("s", "ml", "http://m:9000", "a", "b", {MANAGED_BY_LABEL: "helm"})
-    assert secret["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "mlflow-seldon-promoter"}
-
-
 def test_seldon_deployment_carries_only_the_fields_the_operator_owns() -> None:
     target = SeldonTarget(name="minio-sklearn", replicas=2)
-    body = render_seldon_deployment(target, "ml", URI, {"team": "a"}, {"mlops.dev/promotion": "p1"})
+    body = render_seldon_deployment(target, "ml", URI, {"mlops.dev/promotion": "p1"})
     assert body == {
         "apiVersion": "machinelearning.seldon.io/v1",
         "kind": "SeldonDeployment",
         "metadata": {
             "name": "minio-sklearn",
             "namespace": "ml",
-            "labels": {"team": "a", MANAGED_BY_LABEL: MANAGED_BY},
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY},
             "annotations": {"mlops.dev/promotion": "p1"},
         },
         "spec": {
@@ -91,7 +84,7 @@ def test_seldon_deployment_follows_the_target() -> None:
         secret_name="rclone",
         predictor_name="main",
     )
-    body = render_seldon_deployment(target, "ml", URI, {}, {})
+    body = render_seldon_deployment(target, "ml", URI, {})
     assert body["spec"]["protocol"] == "seldon"
     predictor = body["spec"]["predictors"][0]
     assert predictor["name"] == "main"
@@ -103,7 +96,7 @@ def test_seldon_deployment_follows_the_target() -> None:
 
 
 def desired() -> dict[str, Any]:
-    return render_seldon_deployment(SeldonTarget(name="sd"), "ml", URI, {}, {"mlops.dev/promotion": "p1"})
+    return render_seldon_deployment(SeldonTarget(name="sd"), "ml", URI, {"mlops.dev/promotion": "p1"})
 
 
 def as_served(body: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""Who serves a SeldonDeployment: the one owner of that fact.
+
+Invariant: the SeldonDeployment's ``mlops.dev/promotion`` annotation names the promotion that
+serves it. That is the truth, and the phases follow it: the promotion it names is ``Promoted``;
+one that served it before is ``Superseded``.
+
+The operator runs as one replica, and every write that can change the answer, or a phase that
+depends on it, happens in this module, under a lock per deployment:
+
+* :meth:`Ownership.take` (a new generation is promoted): write the deployment, then patch the
+  promotion's own final status, then mark the promotion the annotation named before Superseded.
+  Statuses therefore follow the order of the deployment's writes: of two promotions finishing
+  together, the later writer ends Promoted and the earlier Superseded, with no watch, index or
+  re-check in between.
+* :meth:`Ownership.check` (resume and the drift sweep): read the annotation, and move a settled
+  promotion between Promoted and Superseded when it disagrees (someone edited the annotation, or
+  the operator died between the write and the status patches); restore a deleted or edited
+  deployment only while it still names that promotion.
+
+To mark a promotion Superseded without reading it, the status this process last wrote for the
+promotion each deployment names is kept (one per deployment); when there is none (after a
+restart), the previous promotion is read once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import faults, seldon, status
+from .errors import PromoterError
+from .spec import Phase
+from .status import Draft
+
+if TYPE_CHECKING:
+    from .kube import KubeApi
+
+PROMOTION_ANNOTATION = "mlops.dev/promotion"
+log = logging.getLogger("promoter.ownership")
+
+
+def named_by(deployment: Mapping[str, Any] | None) -> str | None:
+    """The promotion a SeldonDeployment object names (None: absent, or no annotation)."""
+    owner = (((deployment or {}).get("metadata") or {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
+    return str(owner) if owner else None
+
+
+@dataclass(frozen=True)
+class Taken:
+    written: bool  # the deployment was created or patched
+    previous: str | None  # the promotion it named before, when another one
+
+
+@dataclass
+class _Served:
+    name: str
+    status: dict[str, Any]
+    generation: int
+
+
+class Ownership:
+    def __init__(self, kube: KubeApi) -> None:
+        self.kube = kube
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._served: dict[tuple[str, str], _Served] = {}
+
+    @contextlib.contextmanager
+    def _holding(self, namespace: str, deployment: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks.setdefault((namespace, deployment), threading.Lock())
+        with lock:
+            yield
+
+    def take(self, namespace: str, deployment: str, name: str, desired: Mapping[str, Any],
+             final: Draft) -> Taken:
+        """Make ``deployment`` serve promotion ``name``: ``desired`` is the deployment as rendered
+        (its annotation naming ``name``), ``final`` the promotion's status once it serves."""
+        with self._holding(namespace, deployment):
+            before: list[str | None] = [None]
+
+            def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
+                before[0] = named_by(have)
+                return seldon.merge_owned(have, desired)
+
+            written = self.kube.ensure_seldon(namespace, deployment, merge) != "unchanged"
+            faults.checkpoint("after-seldon")
+            served = self._served.get((namespace, deployment))
+            self._report(namespace, deployment, name, final)
+            previous = before[0] if before[0] != name else None
+            if previous is not None:
+                try:
+                    self._supersede(namespace, deployment, previous, name, served)
+                except PromoterError as e:  # its own check (resume, the sweep) reads the annotation
+                    log.warning("could not mark ModelPromotion %s/%s superseded by %s: %s",
+                                namespace, previous, name, e)
+            return Taken(written, previous)
+
+    @contextlib.contextmanager
+    def check(self, namespace: str, deployment: str) -> Iterator[Check]:
+        """Hold ``deployment`` while a settled promotion of it is checked (see :class:`Check`)."""
+        with self._holding(namespace, deployment):
+            yield Check(self, namespace, deployment)
+
+    def _report(self, namespace: str, deployment: str, name: str, draft: Draft) -> None:
+        patch = draft.patch()
+        if patch:
+            self.kube.patch_status(namespace, name, patch)
+        if draft.model.phase is Phase.PROMOTED:
+            self._served[(namespace, deployment)] = _Served(name, draft.written(), draft.generation)
+
+    def _supersede(self, namespace: str, deployment: str, previous: str, by: str,
+                   served: _Served | None) -> None:
+        if served is not None and served.name == previous:
+            draft = Draft(served.status, served.generation)
+        else:
+            body = self.kube.get_promotion(namespace, previous)
+            if body is None:
+                return  # deleted: nothing to mark
+            draft = Draft.of(body)
+            if not draft.settled or draft.model.phase is not Phase.PROMOTED:
+                return  # a generation in flight decides for itself when it gets here
+        status.superseded(draft, by, deployment)
+        patch = draft.patch()
+        if patch:
+            self.kube.patch_status(namespace, previous, patch)
+
+
+class Check:
+    """A deployment held for the check of one settled promotion: who it names, a guarded
+    restore, and status patches made under the same lock as every takeover."""
+
+    def __init__(self, ownership: Ownership, namespace: str, deployment: str) -> None:
+        self._ownership, self.namespace, self.deployment = ownership, namespace, deployment
+
+    def owner(self) -> str | None:
+        return named_by(self._ownership.kube.get_seldon(self.namespace, self.deployment))
+
+    def restore(self, name: str, desired: Mapping[str, Any]) -> tuple[bool, str | None]:
+        """Write ``desired`` back when the deployment is gone or still names ``name``; never over
+        another promotion's. Returns whether it wrote, and who the deployment names now."""
+        owner: list[str | None] = [name]
+
+        def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
+            owner[0] = named_by(have) or name if have is not None else name
+            return seldon.merge_owned(have, desired) if owner[0] == name else None
+
+        written = self._ownership.kube.ensure_seldon(self.namespace, self.deployment, merge) != "unchanged"
+        return written, owner[0]
+
+    def report(self, name: str, draft: Draft) -> None:
+        self._ownership._report(self.namespace, self.deployment, name, draft)
+
+
+__all__ = ["PROMOTION_ANNOTATION", "Check", "Ownership", "Taken", "named_by"]

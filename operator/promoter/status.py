@@ -1,0 +1,198 @@
+"""A promotion's status as a draft, and the outcomes a reconcile reaches. Pure: no I/O.
+
+A :class:`Draft` starts from the stored status and ends as the merge patch of what changed
+(``changes``). The functions below put a draft into one of the states of the status table in
+the README; each sets the phase, the message and the conditions together, so the conditions
+always agree with the phase::
+
+    rejected    Rejected (or Failed for a tampered copy), Stalled=True: no retry until the spec changes
+    waiting     phase kept, Reconciling=True: retried after a delay (an upstream, a running run)
+    promoted    Promoted, Ready=True, Deployed=True
+    superseded  Superseded, Ready=False: a later promotion serves the deployment
+    reclaimed   Promoted again: the deployment still names this promotion
+    degraded    Promoted kept, Ready=False reason Degraded: a check of a serving promotion failed
+    recovered   Promoted, Ready=True again after degraded
+
+An :class:`Outcome` is the data a reconcile returns; ``handlers`` applies it (status patch,
+Events, retry or not).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from promoter.errors import ArtifactTampered, Rejected, Waiting
+from promoter.spec import Condition, Phase, PromotionStatus, set_condition
+
+DEGRADED = "Degraded"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+    action: str = "Reconcile"  # what the operator was doing: Reconcile, Promote, Check
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any] = field(default_factory=dict)  # changed status fields only
+    events: list[Event] = field(default_factory=list)
+    retry: Waiting | None = None
+    rejected: Rejected | None = None
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Draft:
+    """The status being built: starts from what is stored, diffs against it at the end."""
+
+    def __init__(self, stored: Mapping[str, Any], generation: int) -> None:
+        self.stored = {k: v for k, v in stored.items() if k != "kopf"}
+        self.model = PromotionStatus.model_validate(self.stored) if self.stored else PromotionStatus()
+        self.generation = generation
+        self.clear: set[str] = set()
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> Draft:
+        """The draft of a promotion object's current status and generation."""
+        meta = body.get("metadata") or {}
+        return cls(body.get("status") or {}, int(meta.get("generation") or 0))
+
+    def copy(self) -> Draft:
+        twin = Draft(self.stored, self.generation)
+        twin.model, twin.clear = self.model.model_copy(deep=True), set(self.clear)
+        return twin
+
+    @property
+    def settled(self) -> bool:
+        """The stored status describes the current generation."""
+        return self.model.observed_generation == self.generation
+
+    def condition(self, type_: str, status: Literal["True", "False", "Unknown"], reason: str,
+                  message: str = "") -> None:
+        self.model.conditions = set_condition(
+            self.model.conditions,
+            Condition(type=type_, status=status, reason=reason, message=message,
+                      observed_generation=self.generation),
+            now(),
+        )
+
+    def reason_of(self, type_: str) -> str | None:
+        return next((c.reason for c in self.model.conditions if c.type == type_), None)
+
+    def unset(self, *keys: str) -> None:
+        """Remove status fields (a merge patch null; harmless when absent)."""
+        for key in keys:
+            setattr(self.model, _attribute(key), None)
+            self.clear.add(key)
+
+    def changes(self) -> dict[str, Any]:
+        new = self.model.model_dump(by_alias=True, exclude_none=True, mode="json")
+        out = {k: v for k, v in new.items() if self.stored.get(k) != v}
+        for key in self.clear:
+            if key not in new:
+                out[key] = None
+        return out
+
+    def patch(self) -> dict[str, Any]:
+        """The merge patch writing this status whole, or ``{}`` when nothing changed. Whole, so
+        that a field another writer patched since the status was read cannot stay behind."""
+        if not self.changes():
+            return {}
+        new = self.written()
+        return {**new, **{k: None for k in self.clear if k not in new}}
+
+    def written(self) -> dict[str, Any]:
+        """The status as this draft has it (what :meth:`patch` writes, without the nulls)."""
+        return self.model.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _attribute(key: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in key)
+
+
+# --- the states -----------------------------------------------------------------------------
+
+
+def rejected(draft: Draft, e: Rejected) -> Phase:
+    """Rejected (Failed for a copy that no longer matches its manifest); returns the phase."""
+    phase = Phase.FAILED if isinstance(e, ArtifactTampered) else Phase.REJECTED
+    draft.model.phase, draft.model.message = phase, e.message
+    draft.model.observed_generation = draft.generation
+    draft.unset("progress")
+    draft.condition("Ready", "False", e.reason, e.message)
+    draft.condition("Reconciling", "False", e.reason)
+    draft.condition("Stalled", "True", e.reason, e.message)
+    return phase
+
+
+def waiting(draft: Draft, e: Waiting) -> bool:
+    """Reconciling=True with what is waited for; True when that is news (an Event is due)."""
+    news = not any(c.type == "Reconciling" and c.status == "True" and c.reason == e.reason
+                   for c in draft.model.conditions)
+    draft.model.message = e.message
+    draft.condition("Ready", "False", e.reason, e.message)
+    draft.condition("Reconciling", "True", e.reason, e.message)
+    draft.condition("Stalled", "False", e.reason)
+    return news
+
+
+def promoted(draft: Draft, message: str, deployed: str) -> None:
+    draft.model.phase, draft.model.message = Phase.PROMOTED, message
+    draft.model.observed_generation = draft.generation
+    draft.unset("progress", "supersededBy")
+    draft.condition("Deployed", "True", "Deployed", deployed)
+    draft.condition("Ready", "True", "Promoted", message)
+    draft.condition("Reconciling", "False", "Promoted")
+    draft.condition("Stalled", "False", "Promoted")
+
+
+def superseded(draft: Draft, by: str, deployment: str) -> str:
+    message = f"superseded by ModelPromotion {by}, which now serves {deployment}"
+    draft.model.phase, draft.model.message, draft.model.superseded_by = Phase.SUPERSEDED, message, by
+    draft.condition("Ready", "False", "Superseded", message)
+    draft.condition("Deployed", "False", "Superseded", message)
+    draft.condition("Reconciling", "False", "Superseded")
+    draft.condition("Stalled", "False", "Superseded")
+    return message
+
+
+def reclaimed(draft: Draft, deployment: str, run_id: str) -> str:
+    message = (f"{deployment} serves run {run_id} of this promotion "
+               f"(it had been marked superseded by {draft.model.superseded_by})")
+    draft.model.phase, draft.model.message = Phase.PROMOTED, message
+    draft.unset("supersededBy")
+    draft.condition("Deployed", "True", "Deployed", message)
+    draft.condition("Ready", "True", "Promoted", message)
+    return message
+
+
+def degraded(draft: Draft, problem: str) -> bool:
+    """A serving promotion whose check failed: phase and serving stay, Ready=False says why.
+    True when that is news (an Event is due)."""
+    news = draft.reason_of("Ready") != DEGRADED or _ready_message(draft) != problem
+    draft.condition("Ready", "False", DEGRADED, problem)
+    return news
+
+
+def recovered(draft: Draft) -> bool:
+    """Ready=True again after :func:`degraded`; True when it was degraded (an Event is due)."""
+    if draft.reason_of("Ready") != DEGRADED:
+        return False
+    draft.condition("Ready", "True", "Promoted", draft.model.message)
+    return True
+
+
+def _ready_message(draft: Draft) -> str:
+    return next((c.message for c in draft.model.conditions if c.type == "Ready"), "")
+
+
+__all__ = ["DEGRADED", "Draft", "Event", "Outcome", "degraded", "now", "promoted", "reclaimed",
+           "recovered", "rejected", "superseded", "waiting"]

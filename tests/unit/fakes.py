@@ -1,0 +1,358 @@
+"""In-memory gateways for unit tests of the reconcile: an MLflow of dicts, an S3 of bytes, an API
+server of dicts that records every request. They keep the contracts the real gateways keep
+(``promoter.mlflow_source.MlflowApi``, ``promoter.artifacts.ObjectStore``,
+``promoter.kube.KubeApi``): the errors they raise and the merge-patch semantics of writes.
+Whether the real servers behave so is what the integration tests on devstack show.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import hashlib
+import io
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import yaml
+
+from promoter.artifacts import FileEntry, ObjectStore, identity
+from promoter.config import Settings
+from promoter.context import Context
+from promoter.errors import CredentialsProblem, RunNotFound, Unavailable
+from promoter.kube import Merge
+from promoter.metrics import Metrics
+from promoter.mlflow_source import Auth, ModelLocation, Run
+from promoter.ownership import Ownership
+from promoter.status import Outcome
+
+RUN_A = "a" * 32
+RUN_B = "b" * 32
+MLFLOW = "http://mlflow.test:5000"
+S3 = "http://s3.test:9000"
+KEYS = {"AWS_ACCESS_KEY_ID": "test-access", "AWS_SECRET_ACCESS_KEY": "test-secret-value"}
+MLMODEL = yaml.safe_dump({"flavors": {"python_function": {"loader_module": "mlflow.sklearn"},
+                                      "sklearn": {"pickled_model": "model.pkl",
+                                                  "serialization_format": "cloudpickle"}}})
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+# --- MLflow ---------------------------------------------------------------------------------
+
+
+class FakeMlflow:
+    """Runs by id; each run's model at ``s3://mlflow/<run>/artifacts/rf-regressor`` (MLflow 2's
+    layout) unless ``models`` says otherwise. ``down`` makes every call Unavailable."""
+
+    def __init__(self, tracking_uri: str = MLFLOW) -> None:
+        self.tracking_uri = tracking_uri
+        self.runs: dict[str, Run] = {}
+        self.down = False
+        self.calls: list[str] = []
+
+    def add_run(self, run_id: str, metrics: Mapping[str, float | str | None], status: str = "FINISHED",
+                lifecycle_stage: str = "active") -> Run:
+        run = Run(run_id, status, lifecycle_stage, f"s3://mlflow/{run_id}/artifacts", dict(metrics))
+        self.runs[run_id] = run
+        return run
+
+    def _check(self, what: str) -> None:
+        self.calls.append(what)
+        if self.down:
+            raise Unavailable("mlflow", f"cannot reach MLflow at {self.tracking_uri}: ConnectionError", 1.0)
+
+    def get_run(self, run_id: str) -> Run:
+        self._check(f"runs/get {run_id}")
+        if run_id not in self.runs:
+            raise RunNotFound(run_id, self.tracking_uri)
+        return self.runs[run_id]
+
+    def model_candidates(self, run: Run, model_name: str) -> list[ModelLocation]:
+        self._check(f"model_candidates {run.run_id}")
+        return [ModelLocation(f"{run.artifact_uri}/{model_name}", "run-artifacts")]
+
+
+# --- S3 ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeS3:
+    """One S3 endpoint: buckets of key -> bytes, the key pairs it accepts, and switches."""
+
+    endpoint: str = S3
+    buckets: dict[str, dict[str, bytes]] = field(default_factory=lambda: {"mlflow": {}, "models": {}})
+    accepted: set[str] = field(default_factory=lambda: {identity(*KEYS.values())})
+    down: bool = False
+    writes: list[str] = field(default_factory=list)
+
+    def put_model(self, run_id: str, files: Mapping[str, bytes] | None = None) -> None:
+        prefix = f"{run_id}/artifacts/rf-regressor"
+        for path, data in (files or {"MLmodel": MLMODEL.encode(), "model.pkl": b"pickled " + run_id.encode()}).items():
+            self.buckets["mlflow"][f"{prefix}/{path}"] = data
+
+
+class FakeStore:
+    """:class:`promoter.artifacts.ObjectStore` over a :class:`FakeS3`."""
+
+    def __init__(self, s3: FakeS3, access_key: str, secret_key: str, who: str) -> None:
+        self.s3, self.who, self.endpoint, self.retry_delay = s3, who, s3.endpoint, 1.0
+        self.identity = identity(access_key, secret_key)
+
+    def _check(self, what: str, bucket: str) -> dict[str, bytes]:
+        if self.s3.down:
+            raise Unavailable("s3", f"cannot reach S3 at {self.endpoint} for {what}: ConnectionError", 1.0)
+        if self.identity not in self.s3.accepted:
+            raise CredentialsProblem(self.who, f"S3 at {self.endpoint} refused it for {what} (AccessDenied)")
+        if bucket not in self.s3.buckets:
+            raise Unavailable("s3", f"bucket {bucket!r} does not exist at {self.endpoint} (create it)", 60.0)
+        return self.s3.buckets[bucket]
+
+    def same_as(self, other: ObjectStore) -> bool:
+        return isinstance(other, FakeStore) and other.s3 is self.s3 and other.identity == self.identity
+
+    def list(self, bucket: str, prefix: str) -> dict[str, FileEntry]:
+        prefix = prefix.rstrip("/") + "/"
+        objects = self._check(f"listing s3://{bucket}/{prefix}", bucket)
+        return {k[len(prefix):]: FileEntry(k[len(prefix):], len(v), etag=hashlib.md5(v).hexdigest())
+                for k, v in sorted(objects.items()) if k.startswith(prefix)}
+
+    def read(self, bucket: str, key: str, limit: int = 4 * 1024 * 1024) -> bytes | None:
+        data = self._check(f"reading s3://{bucket}/{key}", bucket).get(key)
+        return None if data is None else data[:limit]
+
+    def hash(self, bucket: str, key: str, on_chunk: Callable[[int], None] | None = None) -> tuple[str, int]:
+        data = self._check(f"reading s3://{bucket}/{key}", bucket)[key]
+        if on_chunk:
+            on_chunk(len(data))
+        return hashlib.sha256(data).hexdigest(), len(data)
+
+    def copy_within(self, bucket: str, key: str, src_bucket: str, src_key: str, size: int) -> None:
+        data = self._check(f"copying {src_key}", src_bucket)[src_key]
+        self._check(f"copying {src_key}", bucket)[key] = data
+        self.s3.writes.append(f"{bucket}/{key}")
+
+    @contextlib.contextmanager
+    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
+        yield io.BytesIO(self._check(f"reading s3://{bucket}/{key}", bucket)[key])
+
+    def put_stream(self, bucket: str, key: str, data: BinaryIO, size: int) -> None:
+        self.put(bucket, key, data.read(size), "application/octet-stream")
+
+    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        self._check(f"writing s3://{bucket}/{key}", bucket)[key] = bytes(data)
+        self.s3.writes.append(f"{bucket}/{key}")
+
+
+# --- the API server ---------------------------------------------------------------------------
+
+SECRET, SELDON, PROMOTION = "secrets", "seldondeployments", "modelpromotions"
+
+
+class FakeKube:
+    """Objects by (resource, namespace, name); ``requests`` lists (verb, resource, name) of each
+    call; ``events`` the Events posted; ``fail`` maps (verb, resource) to an error to raise."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.requests: list[tuple[str, str, str]] = []
+        self.events: list[dict[str, Any]] = []
+        self.fail: dict[tuple[str, str], Exception] = {}
+        self._rv = itertools.count(1)
+
+    # set-up and reading back, outside the request log
+    def put(self, resource: str, namespace: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta.update(namespace=namespace, name=name, resourceVersion=str(next(self._rv)))
+        if resource == SECRET and "stringData" in obj:
+            data = {k: base64.b64encode(v.encode()).decode() for k, v in obj.pop("stringData").items()}
+            obj["data"] = {**obj.get("data", {}), **data}
+        self.objects[(resource, namespace, name)] = obj
+        return obj
+
+    def put_secret(self, namespace: str, name: str, data: Mapping[str, str]) -> None:
+        self.put(SECRET, namespace, name, {"type": "Opaque", "stringData": dict(data)})
+
+    def obj(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((resource, namespace, name))
+
+    def writes(self) -> list[tuple[str, str, str]]:
+        return [r for r in self.requests if r[0] in ("create", "patch")]
+
+    def _request(self, verb: str, resource: str, name: str) -> None:
+        self.requests.append((verb, resource, name))
+        error = self.fail.get((verb, resource))
+        if error is not None:
+            raise error
+
+    # KubeApi
+    def secret_data(self, namespace: str, name: str, field: str) -> dict[str, str]:
+        self._request("get", SECRET, name)
+        secret = self.obj(SECRET, namespace, name)
+        if secret is None:
+            raise CredentialsProblem(f"{namespace}/{name} ({field})", "not found")
+        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+    def _ensure(self, resource: str, namespace: str, name: str, merge: Merge) -> str:
+        self._request("get", resource, name)
+        existing = self.obj(resource, namespace, name)
+        body = merge(copy.deepcopy(existing) if existing else None)
+        if body is None:
+            return "unchanged"
+        if existing is None:
+            self._request("create", resource, name)
+            self.put(resource, namespace, name, body)
+            return "created"
+        self._request("patch", resource, name)
+        patched = dict(body)
+        if resource == SECRET and "stringData" in patched:
+            data = {k: base64.b64encode(v.encode()).decode() for k, v in patched.pop("stringData").items()}
+            patched["data"] = data
+        self.put(resource, namespace, name, merge_patch(existing, patched))
+        return "patched"
+
+    def ensure_secret(self, namespace: str, name: str, merge: Merge) -> str:
+        return self._ensure(SECRET, namespace, name, merge)
+
+    def get_seldon(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._request("get", SELDON, name)
+        found = self.obj(SELDON, namespace, name)
+        return copy.deepcopy(found) if found else None
+
+    def ensure_seldon(self, namespace: str, name: str, merge: Merge) -> str:
+        return self._ensure(SELDON, namespace, name, merge)
+
+    def get_promotion(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._request("get", PROMOTION, name)
+        found = self.obj(PROMOTION, namespace, name)
+        return copy.deepcopy(found) if found else None
+
+    def iter_promotions(self, namespace: str, selector: str = "", page: int = 100) -> Iterator[dict[str, Any]]:
+        self._request("list", PROMOTION, "")
+        for (resource, ns, _), obj in sorted(self.objects.items()):
+            if resource == PROMOTION and ns == namespace:
+                yield copy.deepcopy(obj)
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self._request("patch", PROMOTION + "/status", name)
+        obj = self.obj(PROMOTION, namespace, name)
+        if obj is not None:
+            obj["status"] = merge_patch(obj.get("status") or {}, dict(status))
+
+    def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
+                   action: str = "Reconcile") -> None:
+        self._request("create", "events", "")
+        self.events.append({"name": (obj.get("metadata") or {}).get("name"), "type": type_, "reason": reason,
+                            "message": message, "action": action})
+
+
+# --- a cluster of fakes, and kopf's part ------------------------------------------------------
+
+
+@dataclass
+class World:
+    """An operator context over the fakes, with a namespace that has the storage Secret."""
+
+    settings: Settings = field(default_factory=lambda: Settings(
+        tracking_uri=MLFLOW, storage_endpoint=S3, retry_delay=1.0, run_wait_timeout=60.0))
+    kube: FakeKube = field(default_factory=FakeKube)
+    mlflow: FakeMlflow = field(default_factory=FakeMlflow)
+    s3: FakeS3 = field(default_factory=FakeS3)
+    namespace: str = "ns"
+    metrics: Metrics = field(default_factory=Metrics)
+    ctx: Context = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kube.put_secret(self.namespace, self.settings.storage_secret, KEYS)
+        self.restart()
+
+    def restart(self) -> None:
+        """A new operator process: nothing kept in memory, the same cluster and servers."""
+        stores: dict[str, FakeS3] = {self.s3.endpoint: self.s3}
+
+        def store(endpoint: str, access: str, secret: str, who: str) -> ObjectStore:
+            return FakeStore(stores[endpoint.rstrip("/")], access, secret, who)
+
+        def mlflow(uri: str, auth: Auth) -> FakeMlflow:
+            assert uri.rstrip("/") == self.mlflow.tracking_uri, uri
+            return self.mlflow
+
+        self.ctx = Context(self.settings, self.kube, self.metrics, Ownership(self.kube), mlflow, store)
+
+    def apply(self, name: str, run_id: str, deployment: str = "sd", gates: list[dict[str, Any]] | None = None,
+              **target: Any) -> dict[str, Any]:
+        """Create the promotion, or change its spec (a new generation), as kubectl apply does."""
+        spec = {
+            "source": {"runId": run_id},
+            "gates": gates if gates is not None else [{"metric": "rmse", "op": "LessThan", "threshold": 1}],
+            "target": {"storage": {"bucket": "models", "prefix": "rf"},
+                       "seldonDeployment": {"name": deployment, **target}},
+        }
+        current = self.kube.obj(PROMOTION, self.namespace, name)
+        if current is None:
+            body = {"apiVersion": "mlops.dev/v1alpha1", "kind": "ModelPromotion",
+                    "metadata": {"generation": 1, "uid": f"uid-{name}"}, "spec": spec}
+            return self.kube.put(PROMOTION, self.namespace, name, body)
+        current["spec"] = spec
+        current["metadata"]["generation"] += 1
+        return current
+
+    def body(self, name: str) -> dict[str, Any]:
+        found = self.kube.obj(PROMOTION, self.namespace, name)
+        assert found is not None, name
+        return copy.deepcopy(found)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.body(name).get("status") or {})
+
+    def reconcile(self, name: str, waited: float = 0.0) -> Outcome:
+        """One handler call as kopf makes it: the outcome's status patched, its Events posted;
+        the retry or rejection is returned for the test to look at."""
+        from promoter import promotion
+
+        body = self.body(name)
+        outcome = promotion.reconcile(self.ctx, body, waited)
+        if outcome.status:
+            self.kube.patch_status(self.namespace, name, outcome.status)
+        for event in outcome.events:
+            self.kube.post_event(body, event.type, event.reason, event.message, event.action)
+        return outcome
+
+    def sweep(self) -> int:
+        from promoter import drift
+
+        return drift.sweep(self.ctx, self.namespace)
+
+    def served_by(self, deployment: str = "sd") -> str | None:
+        sd = self.kube.obj(SELDON, self.namespace, deployment)
+        return None if sd is None else sd["metadata"]["annotations"]["mlops.dev/promotion"]
+
+    def events(self, name: str) -> list[tuple[str, str]]:
+        return [(e["type"], e["reason"]) for e in self.kube.events if e["name"] == name]
+
+    def counter(self, metric: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(metric, labels)
+        return float(value or 0.0)
+
+
+def condition(status: Mapping[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions", []) if c["type"] == type_)
+
+
+__all__ = ["KEYS", "RUN_A", "RUN_B", "FakeKube", "FakeMlflow", "FakeS3", "FakeStore", "World", "condition",
+           "merge_patch"]
