@@ -12,6 +12,10 @@ depends on it, happens in this module, under a lock per deployment:
   Statuses therefore follow the order of the deployment's writes: of two promotions finishing
   together, the later writer ends Promoted and the earlier Superseded, with no watch, index or
   re-check in between.
+* :meth:`Ownership.serving` reads which run the deployment serves (its ``mlops.dev/run-id``
+  annotation) for baseline gates; ``take`` is then told that run, and refuses with
+  ``ServingChanged`` when another promotion moved the deployment in between, so a challenger is
+  never promoted over a champion it was not judged against.
 * :meth:`Ownership.check` (resume and the drift sweep): read the annotation, and move a settled
   promotion between Promoted and Superseded when it disagrees (someone edited the annotation, or
   the operator died between the write and the status patches); restore a deleted or edited
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import faults, seldon, status
-from .errors import PromoterError
+from .errors import PromoterError, ServingChanged
 from .spec import Phase
 from .status import Draft
 
@@ -40,13 +44,30 @@ if TYPE_CHECKING:
     from .kube import KubeApi
 
 PROMOTION_ANNOTATION = "mlops.dev/promotion"
+RUN_ANNOTATION = "mlops.dev/run-id"
 log = logging.getLogger("promoter.ownership")
+
+
+def _annotation(deployment: Mapping[str, Any] | None, key: str) -> str | None:
+    value = (((deployment or {}).get("metadata") or {}).get("annotations") or {}).get(key)
+    return str(value) if value else None
 
 
 def named_by(deployment: Mapping[str, Any] | None) -> str | None:
     """The promotion a SeldonDeployment object names (None: absent, or no annotation)."""
-    owner = (((deployment or {}).get("metadata") or {}).get("annotations") or {}).get(PROMOTION_ANNOTATION)
-    return str(owner) if owner else None
+    return _annotation(deployment, PROMOTION_ANNOTATION)
+
+
+def run_of(deployment: Mapping[str, Any] | None) -> str | None:
+    """The run a SeldonDeployment object serves (None: absent, or not one of ours)."""
+    return _annotation(deployment, RUN_ANNOTATION)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a deployment served when it was read: the run (None: nothing of ours)."""
+
+    run_id: str | None
 
 
 @dataclass(frozen=True)
@@ -76,15 +97,26 @@ class Ownership:
         with lock:
             yield
 
+    def serving(self, namespace: str, deployment: str) -> Serving:
+        """The run ``deployment`` serves now (None: it does not exist, or serves no run of ours)."""
+        return Serving(run_of(self.kube.get_seldon(namespace, deployment)))
+
     def take(self, namespace: str, deployment: str, name: str, desired: Mapping[str, Any],
-             final: Draft) -> Taken:
+             final: Draft, judged: Serving | None = None) -> Taken:
         """Make ``deployment`` serve promotion ``name``: ``desired`` is the deployment as rendered
-        (its annotation naming ``name``), ``final`` the promotion's status once it serves."""
+        (its annotation naming ``name``), ``final`` the promotion's status once it serves.
+        ``judged``: what :meth:`serving` said when baseline gates were judged against it;
+        ServingChanged if the deployment serves another run now (this promotion's own run is
+        fine: that is a take resumed after a crash)."""
+        mine = run_of(desired)
         with self._holding(namespace, deployment):
             before: list[str | None] = [None]
 
             def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
                 before[0] = named_by(have)
+                now = run_of(have)
+                if judged is not None and now not in (judged.run_id, mine):
+                    raise ServingChanged(deployment, judged.run_id, now)
                 return seldon.merge_owned(have, desired)
 
             written = self.kube.ensure_seldon(namespace, deployment, merge) != "unchanged"
@@ -105,6 +137,13 @@ class Ownership:
         """Hold ``deployment`` while a settled promotion of it is checked (see :class:`Check`)."""
         with self._holding(namespace, deployment):
             yield Check(self, namespace, deployment)
+
+    def remember(self, namespace: str, deployment: str, name: str, draft: Draft) -> None:
+        """The status of the promotion serving ``deployment`` as written by someone else (kopf's
+        patch after a Promoted take), so a later Superseded mark starts from it."""
+        with self._holding(namespace, deployment):
+            if draft.model.phase is Phase.PROMOTED:
+                self._served[(namespace, deployment)] = _Served(name, draft.written(), draft.generation)
 
     def _report(self, namespace: str, deployment: str, name: str, draft: Draft) -> None:
         patch = draft.patch()
@@ -156,4 +195,5 @@ class Check:
         self._ownership._report(self.namespace, self.deployment, name, draft)
 
 
-__all__ = ["PROMOTION_ANNOTATION", "Check", "Ownership", "Taken", "named_by"]
+__all__ = ["PROMOTION_ANNOTATION", "RUN_ANNOTATION", "Check", "Ownership", "Serving", "Taken", "named_by",
+           "run_of"]

@@ -26,10 +26,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import yaml
-
-from . import faults, gates, seldon, status
-from .artifacts import Copier, CopyResult, FileEntry, ModelFolder, ObjectStore, locate
+from . import candidate, faults, gates, registry, seldon, status
+from .artifacts import Copier, CopyResult, ObjectStore
 from .config import Settings
 from .context import Context
 from .errors import (
@@ -37,7 +35,7 @@ from .errors import (
     CredentialsProblem,
     GatesFailed,
     InvalidSpec,
-    ModelTooLarge,
+    ModelVersionNotFound,
     Rejected,
     RunNotFinished,
     RunNotUsable,
@@ -45,11 +43,12 @@ from .errors import (
     Unavailable,
     Waiting,
 )
-from .mlflow_source import Auth, MlflowApi, Run
-from .ownership import PROMOTION_ANNOTATION, Check
+from .mlflow_source import Auth, MlflowApi, ModelLocation, ModelVersion, Run
+from .ownership import PROMOTION_ANNOTATION, RUN_ANNOTATION, Check
 from .spec import (
     Artifact,
     ModelPromotionSpec,
+    ModelVersionRef,
     Phase,
     Progress,
     model_uri,
@@ -58,7 +57,6 @@ from .spec import (
 )
 from .status import Draft, Event, Outcome
 
-RUN_ANNOTATION = "mlops.dev/run-id"
 DIGEST_ANNOTATION = "mlops.dev/artifact-digest"
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 PROGRESS_EVERY = 2.0  # seconds between progress patches while copying
@@ -129,16 +127,29 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
              waited: float) -> Outcome:
     s = ctx.settings
     target = spec.target.seldon_deployment
-    draft.model.run_id, draft.model.deployment = spec.source.run_id, target.name
+    draft.model.deployment = target.name
     if draft.model.phase in DECIDED:
         draft.model.phase = Phase.PENDING  # a new generation starts over
-    draft.unset("supersededBy")
+    draft.unset("supersededBy", "modelVersion")
+    draft.drop(status.RECORDED, status.VERSIONS_MATCH)
 
     mlflow_env = _secret(ctx, namespace, spec.source.credentials_secret_ref, "spec.source.credentialsSecretRef")
     client = ctx.mlflow(spec.source.tracking_uri or s.tracking_uri, _auth(mlflow_env))
-    run = client.get_run(spec.source.run_id)
+    version = registry.resolve(client, spec)
+    if version is not None:
+        draft.model.model_version = _version_ref(spec, version)
+        if not version.run_id:
+            raise ModelVersionNotFound(version.name, client.tracking_uri, version=version.version,
+                                       code="it names no run: promote its run or a version logged from one")
+    run_id = version.run_id if version else str(spec.source.run_id)
+    draft.model.run_id = run_id
+    run = client.get_run(run_id)
     _usable(run, waited, s)
-    verdict = gates.evaluate(spec.gates, run.metrics)
+    judged = ctx.ownership.serving(namespace, target.name) if candidate.has_baseline(spec) else None
+    champion = candidate.champion(client, spec, judged, run_id)
+    compared = champion is not None and champion.run_id != run_id
+    datasets = client.metric_datasets(run) if compared and candidate.same_dataset(spec) else {}
+    verdict = gates.evaluate(spec.gates, run.metrics, champion, run_id, datasets)
     draft.model.gates, draft.model.gate_summary = list(verdict.results), verdict.summary
     if not verdict.passed:
         raise GatesFailed(verdict.message)
@@ -147,10 +158,11 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
 
     keys = _storage_keys(ctx, namespace, spec)
     target_store, source_store = _stores(ctx, namespace, spec, keys, mlflow_env)
-    folder, files = _find_model(client, source_store, run, spec, s)
-    copier = Copier(target_store, spec.target.storage.bucket, object_prefix(spec), s.copy_concurrency)
-    result = _copy(ctx, namespace, name, copier, folder, files, spec)
-    draft.model.model_uri = model_uri(spec)
+    located = candidate.find_model(client, source_store, run, version, spec, s)
+    events = candidate.check_versions(draft, spec, located, s)
+    copier = Copier(target_store, spec.target.storage.bucket, object_prefix(spec, run_id), s.copy_concurrency)
+    result = _copy(ctx, namespace, name, copier, located, spec, run_id)
+    draft.model.model_uri = model_uri(spec, run_id)
     draft.model.artifact = Artifact(files=result.files, bytes=result.bytes, digest=result.digest,
                                     manifest=result.manifest_key)
     draft.condition("ArtifactCopied", "True", "Verified" if result.mode != "reused" else "Reused",
@@ -159,15 +171,54 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
     _write_rclone_secret(ctx, namespace, spec, keys)
     faults.checkpoint("after-secret")
     message = (f"promoted: {verdict.message.removeprefix('gates passed: ')}; "
-               f"{target.name} now serves run {spec.source.run_id}")
+               f"{target.name} now serves run {run_id}")
+    if version is not None:
+        message += f" ({version.name} version {version.version})"
     final = draft.copy()  # the draft stays as it was should the write fail
     status.promoted(final, message, f"SeldonDeployment {target.name} serves {final.model.model_uri}")
-    taken = ctx.ownership.take(namespace, target.name, name, _deployment(namespace, name, spec, result.digest),
-                               final)
+    taken = ctx.ownership.take(namespace, target.name, name,
+                               _deployment(namespace, name, spec, run_id, result.digest), final, judged)
     ctx.metrics.outcome(Phase.PROMOTED.value)
     if taken.previous:  # said in the one Event: an Event is an API request too
         message += f" (taken over from ModelPromotion {taken.previous})"
-    return Outcome(events=[Event("Normal", "Promoted", message, "Promote")])
+    events.append(Event("Normal", "Promoted", message, "Promote"))
+    return _now_promoted(ctx, namespace, name, spec, final, client, events, run, located.location)
+
+
+def _now_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, final: Draft,
+                  client: MlflowApi, events: list[Event], run: Run, location: ModelLocation | None) -> Outcome:
+    """The promotion serves: what follows from that (today, the registry record). The status
+    ``final`` was written by ownership.take; the record's condition rides on kopf's patch."""
+    if spec.registry is None:
+        return Outcome(events=events)
+    after = Draft(final.written(), final.generation)
+    outcome = _record(ctx, client, namespace, name, spec, after, run, location)
+    ctx.ownership.remember(namespace, spec.target.seldon_deployment.name, name, after)
+    return Outcome(after.patch(), events + outcome.events, retry=outcome.retry)
+
+
+def _record(ctx: Context, client: MlflowApi, namespace: str, name: str, spec: ModelPromotionSpec, draft: Draft,
+            run: Run | None = None, location: ModelLocation | None = None) -> Outcome:
+    """Record the promotion in the registry; a failure is Recorded=False and a retry, never a
+    change to serving or to the phase."""
+    try:
+        done = registry.record(client, spec, namespace, name, str(draft.model.run_id), draft.model.model_version,
+                               run, location)
+    except (Rejected, Waiting) as e:
+        if isinstance(e, Unavailable):
+            ctx.metrics.upstream_error(e.upstream)
+        news = status.unrecorded(draft, e)
+        again = e if isinstance(e, Waiting) else Waiting(e.message, "mlflow", max(ctx.settings.retry_delay, 30.0))
+        return Outcome(events=[Event("Warning", "NotRecorded", e.message, "Record")] if news else [], retry=again)
+    if draft.model.model_version is None or draft.model.model_version.name != done.version.name:
+        draft.model.model_version = done.version
+    status.recorded(draft, done.message)
+    return Outcome(events=[Event("Normal", status.RECORDED, done.message, "Record")])
+
+
+def _version_ref(spec: ModelPromotionSpec, version: ModelVersion) -> ModelVersionRef:
+    ref = spec.source.registered_model
+    return ModelVersionRef(name=version.name, version=version.version, alias=ref.alias if ref else None)
 
 
 def _usable(run: Run, waited: float, s: Settings) -> None:
@@ -179,28 +230,6 @@ def _usable(run: Run, waited: float, s: Settings) -> None:
         if waited > s.run_wait_timeout:
             raise RunTimedOut(run.run_id, waited)
         raise RunNotFinished(run.run_id, run.status, delay=min(30.0, s.retry_delay * 3))
-
-
-def _find_model(client: MlflowApi, source: ObjectStore, run: Run, spec: ModelPromotionSpec,
-                settings: Settings) -> tuple[ModelFolder, dict[str, FileEntry]]:
-    """The model's folder and files, checked against the operator's bounds and the server."""
-    name = spec.source.model_name
-    folder, files = locate([(source, loc.uri) for loc in client.model_candidates(run, name)], run.run_id, name)
-    check_limits(files, settings, f"model {name!r} of run {run.run_id} (spec.source.modelName)")
-    mlmodel = yaml.safe_load(folder.read("MLmodel") or b"") or {}
-    seldon.check_model_compatibility(mlmodel if isinstance(mlmodel, dict) else {}, list(files),
-                                     spec.target.seldon_deployment.implementation,
-                                     spec.target.seldon_deployment.protocol)
-    return folder, files
-
-
-def check_limits(files: Mapping[str, FileEntry], settings: Settings, what: str) -> None:
-    """Reject a model folder over the operator's bounds before a byte is copied."""
-    if len(files) > settings.max_files:
-        raise ModelTooLarge(what, len(files), "files", "PROMOTER_MAX_FILES", settings.max_files)
-    total = sum(f.size for f in files.values())
-    if total > settings.max_bytes:
-        raise ModelTooLarge(what, total, "bytes", "PROMOTER_MAX_BYTES", settings.max_bytes)
 
 
 def _secret(ctx: Context, namespace: str, ref: Any, field_path: str) -> dict[str, str]:
@@ -246,8 +275,9 @@ def _stores(ctx: Context, namespace: str, spec: ModelPromotionSpec, keys: Keys,
     return target, source
 
 
-def _copy(ctx: Context, namespace: str, name: str, copier: Copier, folder: ModelFolder,
-          files: Mapping[str, FileEntry], spec: ModelPromotionSpec) -> CopyResult:
+def _copy(ctx: Context, namespace: str, name: str, copier: Copier, located: candidate.Located, spec: ModelPromotionSpec,
+          run_id: str) -> CopyResult:
+    folder, files = located.folder, located.files
     reused = copier.existing(dict(files))
     if reused is not None:
         return reused
@@ -267,8 +297,7 @@ def _copy(ctx: Context, namespace: str, name: str, copier: Copier, folder: Model
                                  bytes_total=bytes_total).model_dump(by_alias=True)})
 
     started = time.monotonic()
-    result = copier.copy(folder, dict(files), {"runId": spec.source.run_id,
-                                               "modelName": spec.source.model_name}, report)
+    result = copier.copy(folder, dict(files), {"runId": run_id, "modelName": spec.source.model_name}, report)
     ctx.metrics.copied(result.mode, result.bytes, time.monotonic() - started)
     return result
 
@@ -296,9 +325,10 @@ def _write_rclone_secret(ctx: Context, namespace: str, spec: ModelPromotionSpec,
     return ctx.kube.ensure_secret(namespace, name, _rclone_merge(body)) != "unchanged"
 
 
-def _deployment(namespace: str, name: str, spec: ModelPromotionSpec, digest: str) -> dict[str, Any]:
-    annotations = {PROMOTION_ANNOTATION: name, RUN_ANNOTATION: spec.source.run_id, DIGEST_ANNOTATION: digest}
-    return seldon.render_seldon_deployment(spec.target.seldon_deployment, namespace, model_uri(spec), annotations)
+def _deployment(namespace: str, name: str, spec: ModelPromotionSpec, run_id: str, digest: str) -> dict[str, Any]:
+    annotations = {PROMOTION_ANNOTATION: name, RUN_ANNOTATION: run_id, DIGEST_ANNOTATION: digest}
+    return seldon.render_seldon_deployment(spec.target.seldon_deployment, namespace, model_uri(spec, run_id),
+                                           annotations)
 
 
 # --- a generation already decided: Promoted or Superseded ------------------------------------
@@ -306,12 +336,13 @@ def _deployment(namespace: str, name: str, spec: ModelPromotionSpec, digest: str
 
 def _check(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, draft: Draft) -> Outcome:
     target = spec.target.seldon_deployment
+    run_id = spec.source.run_id or draft.model.run_id or ""
     with ctx.ownership.check(namespace, target.name) as deployment:
         owner = deployment.owner()
         if draft.model.phase is Phase.SUPERSEDED:
             if owner != name:
                 return Outcome()
-            message = status.reclaimed(draft, target.name, spec.source.run_id)
+            message = status.reclaimed(draft, target.name, run_id)
             deployment.report(name, draft)
             return Outcome(events=[Event("Normal", "Reclaimed", message, "Check")])
         if owner is not None and owner != name:
@@ -319,7 +350,7 @@ def _check(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, dr
             deployment.report(name, draft)
             return Outcome(events=[Event("Normal", "Superseded", message, "Check")])
         try:
-            restored = _verify_and_restore(ctx, namespace, name, spec, deployment)
+            restored = _verify_and_restore(ctx, namespace, name, spec, run_id, deployment)
         except ArtifactTampered as e:  # the copy changed under the deployment: reported, not repointed
             outcome = _rejected(ctx, draft, e)
             deployment.report(name, draft)
@@ -327,34 +358,51 @@ def _check(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, dr
         except (Rejected, Waiting) as e:
             if isinstance(e, Unavailable):
                 ctx.metrics.upstream_error(e.upstream)
-            outcome = _degraded(draft, e, f"{target.name} keeps serving {model_uri(spec)}; checking again",
+            outcome = _degraded(draft, e, f"{target.name} keeps serving {model_uri(spec, run_id)}; checking again",
                                 delay=max(ctx.settings.retry_delay, 30.0))
             deployment.report(name, draft)
             return Outcome(events=outcome.events, retry=outcome.retry)
         events = []
         if status.recovered(draft):
-            events.append(Event("Normal", "Recovered", f"checked: {target.name} serves {model_uri(spec)} "
+            events.append(Event("Normal", "Recovered", f"checked: {target.name} serves {model_uri(spec, run_id)} "
                                 "from its verified copy", "Check"))
         if restored:
             events.append(Event("Normal", "Restored", f"restored the rclone Secret or SeldonDeployment "
-                                f"{target.name} to serve {model_uri(spec)}", "Check"))
+                                f"{target.name} to serve {model_uri(spec, run_id)}", "Check"))
+        recorded = _record_again(ctx, namespace, name, spec, draft)
         deployment.report(name, draft)
-    return Outcome(events=events)
+    return Outcome(events=events + recorded.events, retry=recorded.retry)
 
 
-def _verify_and_restore(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec,
+def _record_again(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, draft: Draft) -> Outcome:
+    """A serving promotion the registry does not record yet (MLflow was down, or the operator
+    stopped in between): try again."""
+    if spec.registry is None or not status.record_due(draft):
+        return Outcome()
+    try:
+        env = _secret(ctx, namespace, spec.source.credentials_secret_ref, "spec.source.credentialsSecretRef")
+    except Rejected as e:
+        status.unrecorded(draft, e)
+        return Outcome(retry=Waiting(e.message, "check", max(ctx.settings.retry_delay, 30.0)))
+    client = ctx.mlflow(spec.source.tracking_uri or ctx.settings.tracking_uri, _auth(env))
+    return _record(ctx, client, namespace, name, spec, draft)
+
+
+def _verify_and_restore(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, run_id: str,
                         deployment: Check) -> bool:
     """The copy still matches its manifest; the children say what this promotion wrote (put
     back when deleted or edited). True when a child was written."""
+    if not run_id:
+        raise InvalidSpec("status.runId", "is missing: the run this promotion resolved to is not known")
     keys = _storage_keys(ctx, namespace, spec)
     store = ctx.store(_target_endpoint(ctx, spec), *keys)
-    copier = Copier(store, spec.target.storage.bucket, object_prefix(spec), ctx.settings.copy_concurrency)
+    copier = Copier(store, spec.target.storage.bucket, object_prefix(spec, run_id), ctx.settings.copy_concurrency)
     result = copier.existing()
     if result is None:
         raise ArtifactTampered(copier.uri, "the manifest is gone")
     wrote_secret = _write_rclone_secret(ctx, namespace, spec, keys)
-    wrote_deployment, _ = deployment.restore(name, _deployment(namespace, name, spec, result.digest))
+    wrote_deployment, _ = deployment.restore(name, _deployment(namespace, name, spec, run_id, result.digest))
     return wrote_secret or wrote_deployment
 
 
-__all__ = ["CHECKED", "DECIDED", "check_limits", "reconcile"]
+__all__ = ["CHECKED", "DECIDED", "RUN_ANNOTATION", "reconcile"]

@@ -1,0 +1,118 @@
+"""What a new generation is held against before anything is copied: the run the deployment
+serves (for baseline gates), the model's files and the serving server's loaders, the operator's
+size bounds, and the serving image's library versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from . import gates, runtimes, seldon, status
+from .artifacts import FileEntry, ModelFolder, ObjectStore, locate
+from .config import Settings
+from .errors import ModelTooLarge, RunNotFound, VersionSkew
+from .mlflow_source import MlflowApi, ModelLocation, ModelVersion, Run
+from .ownership import Serving
+from .spec import Compatibility, ModelPromotionSpec
+from .status import Draft, Event
+
+
+def has_baseline(spec: ModelPromotionSpec) -> bool:
+    return any(gate.baseline is not None for gate in spec.gates)
+
+
+def same_dataset(spec: ModelPromotionSpec) -> bool:
+    return any(gate.same_dataset for gate in spec.gates)
+
+
+def champion(client: MlflowApi, spec: ModelPromotionSpec, judged: Serving | None, run_id: str
+              ) -> gates.Champion | None:
+    """The run the deployment serves, with its metrics (and their datasets when a gate asks)."""
+    if judged is None or judged.run_id is None:
+        return None
+    if judged.run_id == run_id:
+        return gates.Champion(run_id, {})
+    try:
+        served = client.get_run(judged.run_id)
+    except RunNotFound as e:
+        return gates.Champion(judged.run_id, {}, problem=e.message)
+    datasets = client.metric_datasets(served) if same_dataset(spec) else {}
+    return gates.Champion(served.run_id or judged.run_id, served.metrics, datasets)
+
+
+@dataclass(frozen=True)
+class Located:
+    """The model's folder and files, its MLmodel, and the location it was found at."""
+
+    folder: ModelFolder
+    files: dict[str, FileEntry]
+    mlmodel: dict[str, Any]
+    location: ModelLocation | None
+
+
+def check_versions(draft: Draft, spec: ModelPromotionSpec, located: Located, settings: Settings) -> list[Event]:
+    """The model's library versions against the serving image's (VersionsMatch); Strict
+    rejects a skew, Warn reports it in a Warning Event."""
+    if spec.compatibility is Compatibility.IGNORE:
+        return []
+    target = spec.target.seldon_deployment
+    image = runtimes.image_for(target.implementation, target.protocol, settings.serving_images)
+    has = runtimes.versions_of(image, settings.image_versions)
+    if not has:
+        draft.condition(status.VERSIONS_MATCH, "Unknown", "NoVersionTable",
+                        f"the versions of {image} are not known (PROMOTER_IMAGE_VERSIONS adds them)")
+        return []
+    folder = located.folder
+    model = runtimes.model_versions(
+        located.mlmodel,
+        folder.read("python_env.yaml") if runtimes.PYTHON in has else None,
+        folder.read("requirements.txt") if runtimes.NUMPY in has else None)
+    skew = runtimes.compare(model, image, has)
+    if not skew:
+        same = ", ".join(f"{lib} {model[lib]}" for lib in runtimes.LIBRARIES if lib in model and lib in has)
+        if same:
+            draft.condition(status.VERSIONS_MATCH, "True", "VersionsMatch", f"{same}, as {image} has")
+        else:
+            draft.condition(status.VERSIONS_MATCH, "Unknown", "NoVersions", "the model folder names none of "
+                            f"{', '.join(has)} (MLmodel, python_env.yaml, requirements.txt) to hold against {image}")
+        return []
+    detail = skew.detail(target.implementation, target.protocol)
+    if spec.compatibility is Compatibility.STRICT:
+        raise VersionSkew(detail, skew.fix())
+    draft.condition(status.VERSIONS_MATCH, "False", VersionSkew.reason, f"{detail}; to fix: {skew.fix()}")
+    return [Event("Warning", VersionSkew.reason, f"{detail}; the promotion goes on (compatibility: Warn)",
+                  "Promote")]
+
+
+def find_model(client: MlflowApi, source: ObjectStore, run: Run, version: ModelVersion | None,
+                spec: ModelPromotionSpec, settings: Settings) -> Located:
+    """The model's folder and files, checked against the operator's bounds and the server."""
+    if version is not None:
+        name, candidates = f"{version.name} version {version.version}", client.version_candidates(version, run)
+    else:
+        name, candidates = spec.source.model_name, client.model_candidates(run, spec.source.model_name)
+    folder, files = locate([(source, loc.uri) for loc in candidates], run.run_id, name)
+    where = "spec.source.registeredModel" if version is not None else "spec.source.modelName"
+    check_limits(files, settings, f"model {name!r} of run {run.run_id} ({where})")
+    mlmodel = yaml.safe_load(folder.read("MLmodel") or b"") or {}
+    mlmodel = mlmodel if isinstance(mlmodel, dict) else {}
+    seldon.check_model_compatibility(mlmodel, list(files), spec.target.seldon_deployment.implementation,
+                                     spec.target.seldon_deployment.protocol)
+    location = next((loc for loc in candidates if loc.uri.rstrip("/") == folder.uri.rstrip("/")), None)
+    return Located(folder, files, mlmodel, location)
+
+
+def check_limits(files: Mapping[str, FileEntry], settings: Settings, what: str) -> None:
+    """Reject a model folder over the operator's bounds before a byte is copied."""
+    if len(files) > settings.max_files:
+        raise ModelTooLarge(what, len(files), "files", "PROMOTER_MAX_FILES", settings.max_files)
+    total = sum(f.size for f in files.values())
+    if total > settings.max_bytes:
+        raise ModelTooLarge(what, total, "bytes", "PROMOTER_MAX_BYTES", settings.max_bytes)
+
+
+__all__ = ["Located", "champion", "check_limits", "check_versions", "find_model", "has_baseline", "same_dataset"]
