@@ -73,7 +73,7 @@ def check_versions(draft: Draft, spec: ModelPromotionSpec, located: Located, set
         folder.read("requirements.txt") if runtimes.NUMPY in has else None)
     skew = runtimes.compare(model, image, has)
     if not skew:
-        same = ", ".join(f"{lib} {model[lib]}" for lib in runtimes.LIBRARIES if lib in model and lib in has)
+        same = runtimes.listing({lib: model[lib] for lib in runtimes.LIBRARIES if lib in model and lib in has})
         if same:
             draft.condition(status.VERSIONS_MATCH, "True", "VersionsMatch", f"{same}, as {image} has")
         else:

@@ -191,6 +191,7 @@ def _now_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotionS
     ``final`` was written by ownership.take; the record's condition rides on kopf's patch."""
     if spec.registry is None:
         return Outcome(events=events)
+    faults.checkpoint("after-promoted")
     after = Draft(final.written(), final.generation)
     outcome = _record(ctx, client, namespace, name, spec, after, run, location)
     ctx.ownership.remember(namespace, spec.target.seldon_deployment.name, name, after)
@@ -212,8 +213,10 @@ def _record(ctx: Context, client: MlflowApi, namespace: str, name: str, spec: Mo
         return Outcome(events=[Event("Warning", "NotRecorded", e.message, "Record")] if news else [], retry=again)
     if draft.model.model_version is None or draft.model.model_version.name != done.version.name:
         draft.model.model_version = done.version
+    failed_before = draft.reason_of(status.RECORDED) not in (None, status.RECORDED)
     status.recorded(draft, done.message)
-    return Outcome(events=[Event("Normal", status.RECORDED, done.message, "Record")])
+    # the condition says it; an Event (an API request) only when it ends a NotRecorded
+    return Outcome(events=[Event("Normal", status.RECORDED, done.message, "Record")] if failed_before else [])
 
 
 def _version_ref(spec: ModelPromotionSpec, version: ModelVersion) -> ModelVersionRef:

@@ -23,6 +23,7 @@ from promoter.spec import Implementation, Protocol
 
 PYTHON, SKLEARN, NUMPY = "python", "scikit-learn", "numpy"
 LIBRARIES = (SKLEARN, PYTHON, NUMPY)  # in the order messages name them
+SHOWN = {PYTHON: "Python", SKLEARN: "scikit-learn", NUMPY: "numpy"}
 
 # Seldon Core v1's predictor_servers, as tests/e2e/run_kind.sh installs it (SKLEARN_SERVER v2 is
 # set to MLServer 1.7.1; Seldon 1.18.2's chart default there is seldonio/mlserver:1.3.5-sklearn).
@@ -111,15 +112,21 @@ class Skew:
         return bool(self.differ)
 
     def detail(self, implementation: Implementation, protocol: Protocol) -> str:
-        mine = " and ".join(f"{lib} {model}" for lib, (model, _) in self.differ.items())
-        theirs = " and ".join(f"{lib} {image}" for lib, (_, image) in self.differ.items())
+        mine = listing({lib: model for lib, (model, _) in self.differ.items()})
+        theirs = listing({lib: image for lib, (_, image) in self.differ.items()})
         return (f"the model was saved with {mine}; {self.image} ({implementation.value}, protocol "
                 f"{protocol.value}) has {theirs}")
 
     def fix(self) -> str:
-        wanted = ", ".join(f"{lib} {image}" for lib, (_, image) in self.differ.items())
+        wanted = listing({lib: image for lib, (_, image) in self.differ.items()})
         return (f"log the model with {wanted}, or serve it from an image with its versions "
                 "(PROMOTER_SERVING_IMAGES, PROMOTER_IMAGE_VERSIONS)")
+
+
+def listing(versions: Mapping[str, str]) -> str:
+    """scikit-learn 1.9.1, Python 3.11 and numpy 2.4.6"""
+    items = [f"{SHOWN.get(lib, lib)} {version}" for lib, version in versions.items()]
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def compare(model: Mapping[str, str], image: str, has: Mapping[str, str]) -> Skew:
@@ -129,5 +136,5 @@ def compare(model: Mapping[str, str], image: str, has: Mapping[str, str]) -> Ske
     return Skew(image, differ)
 
 
-__all__ = ["IMAGE_VERSIONS", "LIBRARIES", "SERVING_IMAGES", "Skew", "compare", "image_for", "model_versions",
-           "versions_of"]
+__all__ = ["IMAGE_VERSIONS", "LIBRARIES", "SERVING_IMAGES", "Skew", "compare", "image_for", "listing",
+           "model_versions", "versions_of"]
