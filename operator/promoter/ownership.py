@@ -16,6 +16,9 @@ depends on it, happens in this module, under a lock per deployment:
   annotation) for baseline gates; ``take`` is then told that run, and refuses with
   ``ServingChanged`` when another promotion moved the deployment in between, so a challenger is
   never promoted over a champion it was not judged against.
+* :meth:`Ownership.still_serving` holds the deployment for what follows a takeover (the
+  registry record) only while the promotion still serves it, so a record and its status never
+  land after a later takeover's.
 * :meth:`Ownership.check` (resume and the drift sweep): read the annotation, and move a settled
   promotion between Promoted and Superseded when it disagrees (someone edited the annotation, or
   the operator died between the write and the status patches); restore a deleted or edited
@@ -138,12 +141,14 @@ class Ownership:
         with self._holding(namespace, deployment):
             yield Check(self, namespace, deployment)
 
-    def remember(self, namespace: str, deployment: str, name: str, draft: Draft) -> None:
-        """The status of the promotion serving ``deployment`` as written by someone else (kopf's
-        patch after a Promoted take), so a later Superseded mark starts from it."""
+    @contextlib.contextmanager
+    def still_serving(self, namespace: str, deployment: str, name: str) -> Iterator[Check | None]:
+        """Hold ``deployment`` and yield a :class:`Check` if promotion ``name`` is what this process
+        last made it serve (None when another one took it over since): what follows a takeover
+        (the registry record, its status) happens in the order of the takeovers."""
         with self._holding(namespace, deployment):
-            if draft.model.phase is Phase.PROMOTED:
-                self._served[(namespace, deployment)] = _Served(name, draft.written(), draft.generation)
+            served = self._served.get((namespace, deployment))
+            yield Check(self, namespace, deployment) if served is not None and served.name == name else None
 
     def _report(self, namespace: str, deployment: str, name: str, draft: Draft) -> None:
         patch = draft.patch()

@@ -187,15 +187,19 @@ def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, 
 
 def _now_promoted(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, final: Draft,
                   client: MlflowApi, events: list[Event], run: Run, location: ModelLocation | None) -> Outcome:
-    """The promotion serves: what follows from that (today, the registry record). The status
-    ``final`` was written by ownership.take; the record's condition rides on kopf's patch."""
+    """The promotion serves: what follows from that (today, the registry record). It happens
+    under the deployment's lock and only while this promotion still serves it, so a later
+    takeover's record (the alias, the serving tag) is never overwritten by this one's."""
     if spec.registry is None:
         return Outcome(events=events)
     faults.checkpoint("after-promoted")
-    after = Draft(final.written(), final.generation)
-    outcome = _record(ctx, client, namespace, name, spec, after, run, location)
-    ctx.ownership.remember(namespace, spec.target.seldon_deployment.name, name, after)
-    return Outcome(after.patch(), events + outcome.events, retry=outcome.retry)
+    with ctx.ownership.still_serving(namespace, spec.target.seldon_deployment.name, name) as held:
+        if held is None:  # taken over already: the promotion serving now records itself
+            return Outcome(events=events)
+        after = Draft(final.written(), final.generation)
+        outcome = _record(ctx, client, namespace, name, spec, after, run, location)
+        held.report(name, after)
+    return Outcome(events=events + outcome.events, retry=outcome.retry)
 
 
 def _record(ctx: Context, client: MlflowApi, namespace: str, name: str, spec: ModelPromotionSpec, draft: Draft,

@@ -546,6 +546,30 @@ def test_a_run_registered_before_is_not_registered_again(world: World) -> None:
     assert list(world.mlflow.versions["rf"]) == ["1"] and world.mlflow.aliases["rf"] == {"champion": "1"}
 
 
+def test_a_promotion_taken_over_before_its_record_leaves_the_record_to_the_one_serving(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from promoter import faults
+
+    world.apply("p1", RUN_A, extra=RECORD)
+    world.apply("p2", RUN_B, extra=RECORD)
+    real, raced = faults.checkpoint, []
+
+    def race(step: str, done: int = 0) -> None:  # p2 takes the deployment over and records first
+        if step == "after-promoted" and not raced:
+            raced.append(step)
+            world.reconcile("p2")
+        real(step, done)
+
+    monkeypatch.setattr(faults, "checkpoint", race)
+    world.reconcile("p1")
+    assert raced and world.served_by() == "p2"
+    assert world.mlflow.aliases["rf"] == {"champion": "1"}  # p2's version (registered first), not moved back
+    assert world.mlflow.versions["rf"]["1"].run_id == RUN_B and "2" not in world.mlflow.versions["rf"]
+    p1, p2 = world.status("p1"), world.status("p2")
+    assert (p1["phase"], p2["phase"]) == ("Superseded", "Promoted")  # p1's status is not written over the mark
+    assert condition(p2, "Recorded")["status"] == "True" and all(c["type"] != "Recorded" for c in p1["conditions"])
+
+
 def test_a_registered_source_is_recorded_on_its_own_version(world: World) -> None:
     world.mlflow.add_version("rf", RUN_A)
     world.mlflow.add_version("rf", RUN_B)
