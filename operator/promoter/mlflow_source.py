@@ -38,6 +38,7 @@ class Run:
     artifact_uri: str
     metrics: Mapping[str, MetricValue]
     model_ids: tuple[str, ...] = field(default_factory=tuple)
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,8 @@ def parse_run(payload: Mapping[str, Any]) -> Run:
         metrics[str(m.get("key"))] = m.get("value")
     outputs = run.get("outputs", {}) or {}
     model_ids = tuple(str(o["model_id"]) for o in outputs.get("model_outputs", []) or [] if o.get("model_id"))
+    tags = {str(t.get("key")): str(t.get("value", "")) for t in run.get("data", {}).get("tags", []) or []
+            if isinstance(t, dict)}
     return Run(
         run_id=str(info.get("run_id") or info.get("run_uuid") or ""),
         status=str(info.get("status", "")),
@@ -303,6 +306,7 @@ def parse_run(payload: Mapping[str, Any]) -> Run:
         artifact_uri=str(info.get("artifact_uri", "")),
         metrics=metrics,
         model_ids=model_ids,
+        tags=tags,
     )
 
 

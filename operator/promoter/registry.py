@@ -9,8 +9,9 @@ reconcile, and again from the check while it has not succeeded): it registers th
 under ``spec.registry.model`` when the source was a run id (once: a version of that run is
 reused), sets ``spec.registry.alias`` on the version, tags the version and its run
 ``mlops.dev/promoted-by=<namespace>/<promotion>`` and ``mlops.dev/serving=<namespace>/<deployment>``,
-and takes ``mlops.dev/serving`` off the version (and its run) that carried it for the deployment
-before. Every step is idempotent. A failure never touches serving: the caller turns it into
+and takes ``mlops.dev/serving`` off the version that carried it for the deployment before (and off
+its run, when the run's tag still names this deployment: a run may serve another one). Every step
+is idempotent. A failure never touches serving: the caller turns it into
 ``Recorded=False`` and retries.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import RunNotFound
 from .mlflow_source import MlflowApi, ModelLocation, ModelVersion, Run
 from .spec import ModelPromotionSpec, ModelVersionRef
 
@@ -71,13 +73,20 @@ def record(client: MlflowApi, spec: ModelPromotionSpec, namespace: str, name: st
         if old.version == version:
             continue
         client.delete_version_tag(model, old.version, SERVING_TAG)
-        if old.run_id and old.run_id != run_id:
+        if old.run_id and old.run_id != run_id and _tag_of(client, old.run_id) == deployment:
             client.delete_run_tag(old.run_id, SERVING_TAG)
         untagged.append(old.version)
     message = f"registered model {model!r} version {version}{registered}: " + ", ".join(done)
     if untagged:
         message += f"; {SERVING_TAG} taken off version {', '.join(untagged)}"
     return Recorded(ModelVersionRef(name=model, version=version), message)
+
+
+def _tag_of(client: MlflowApi, run_id: str) -> str | None:
+    try:
+        return client.get_run(run_id).tags.get(SERVING_TAG)
+    except RunNotFound:
+        return None
 
 
 def _registered(client: MlflowApi, model: str, model_name: str, run_id: str, run: Run | None,

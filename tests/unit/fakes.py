@@ -111,7 +111,9 @@ class FakeMlflow:
         self._check(f"runs/get {run_id}")
         if run_id not in self.runs:
             raise RunNotFound(run_id, self.tracking_uri)
-        return self.runs[run_id]
+        run = self.runs[run_id]
+        return Run(run.run_id, run.status, run.lifecycle_stage, run.artifact_uri, run.metrics, run.model_ids,
+                   dict(self.run_tags.get(run_id, {})))
 
     def model_candidates(self, run: Run, model_name: str) -> list[ModelLocation]:
         self._check(f"model_candidates {run.run_id}")

@@ -539,6 +539,17 @@ def test_the_next_champion_takes_the_alias_and_the_serving_tag(world: World) -> 
     assert p1["phase"] == "Superseded" and condition(p1, "Recorded")["status"] == "True"  # kept by the mark
 
 
+def test_a_run_serving_another_deployment_keeps_its_serving_tag(world: World) -> None:
+    world.apply("p1", RUN_A, extra=RECORD)
+    world.reconcile("p1")
+    world.apply("elsewhere", RUN_A, "other", extra={"registry": {"model": "rf-other"}})
+    world.reconcile("elsewhere")  # RUN_A's run tag now names the other deployment
+    world.apply("p2", RUN_B, extra=RECORD)
+    world.reconcile("p2")
+    assert world.mlflow.tags_of("rf", "1") == {"mlops.dev/promoted-by": "ns/p1"}  # the version loses it
+    assert world.mlflow.run_tags[RUN_A]["mlops.dev/serving"] == "ns/other"  # the run, still serving, keeps it
+
+
 def test_a_run_registered_before_is_not_registered_again(world: World) -> None:
     world.mlflow.add_version("rf", RUN_A)
     world.apply("p1", RUN_A, extra=RECORD)
