@@ -92,13 +92,23 @@ class Ownership:
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._served: dict[tuple[str, str], _Served] = {}
+        self._takers: dict[tuple[str, str], int] = {}  # takes waiting for each deployment's lock
 
     @contextlib.contextmanager
-    def _holding(self, namespace: str, deployment: str) -> Iterator[None]:
+    def _holding(self, namespace: str, deployment: str, taking: bool = False) -> Iterator[None]:
+        key = (namespace, deployment)
         with self._guard:
-            lock = self._locks.setdefault((namespace, deployment), threading.Lock())
-        with lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+            self._takers[key] = self._takers.get(key, 0) + taking
+        try:
+            lock.acquire()
+        finally:
+            with self._guard:
+                self._takers[key] -= taking
+        try:
             yield
+        finally:
+            lock.release()
 
     def serving(self, namespace: str, deployment: str) -> Serving:
         """The run ``deployment`` serves now (None: it does not exist, or serves no run of ours)."""
@@ -112,7 +122,7 @@ class Ownership:
         ServingChanged if the deployment serves another run now (this promotion's own run is
         fine: that is a take resumed after a crash)."""
         mine = run_of(desired)
-        with self._holding(namespace, deployment):
+        with self._holding(namespace, deployment, taking=True):
             before: list[str | None] = [None]
 
             def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -144,11 +154,14 @@ class Ownership:
     @contextlib.contextmanager
     def still_serving(self, namespace: str, deployment: str, name: str) -> Iterator[Check | None]:
         """Hold ``deployment`` and yield a :class:`Check` if promotion ``name`` is what this process
-        last made it serve (None when another one took it over since): what follows a takeover
-        (the registry record, its status) happens in the order of the takeovers."""
+        last made it serve, and no other takeover is waiting for it (None otherwise: the one that
+        serves last records; should a waiting takeover fail, the check of this one does): what
+        follows a takeover (the registry record, its status) happens in the order of the
+        takeovers, and promotions racing for one deployment record once, not each in turn."""
         with self._holding(namespace, deployment):
             served = self._served.get((namespace, deployment))
-            yield Check(self, namespace, deployment) if served is not None and served.name == name else None
+            mine = served is not None and served.name == name and not self._takers.get((namespace, deployment))
+            yield Check(self, namespace, deployment) if mine else None
 
     def _report(self, namespace: str, deployment: str, name: str, draft: Draft) -> None:
         patch = draft.patch()

@@ -581,6 +581,17 @@ def test_a_promotion_taken_over_before_its_record_leaves_the_record_to_the_one_s
     assert condition(p2, "Recorded")["status"] == "True" and all(c["type"] != "Recorded" for c in p1["conditions"])
 
 
+def test_with_a_takeover_already_waiting_the_record_is_left_to_it_and_else_to_the_check(world: World) -> None:
+    world.ctx.ownership._takers[("ns", "sd")] = 1  # another promotion waits to take the deployment
+    world.apply("p1", RUN_A, extra=RECORD)
+    outcome = world.reconcile("p1")
+    assert outcome.retry is None and world.status("p1")["phase"] == "Promoted" and "rf" not in world.mlflow.aliases
+    world.ctx.ownership._takers.clear()  # it never came: the drift sweep's check records this one
+    world.sweep()
+    assert world.mlflow.aliases["rf"] == {"champion": "1"} and condition(world.status("p1"), "Recorded")["status"] \
+        == "True"
+
+
 def test_a_registered_source_is_recorded_on_its_own_version(world: World) -> None:
     world.mlflow.add_version("rf", RUN_A)
     world.mlflow.add_version("rf", RUN_B)
