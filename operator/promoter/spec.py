@@ -151,10 +151,8 @@ class RegisteredModel(_Spec):
 
     @model_validator(mode="after")
     def _version_or_alias(self) -> RegisteredModel:
-        if self.version is None and self.alias is None:
-            raise _FieldError("version", "is required, or alias instead")
-        if self.version is not None and self.alias is not None:
-            raise _FieldError("alias", "cannot be given with version: pin one or the other")
+        _one_of(("version", self.version), ("alias", self.alias), "is required, or alias instead",
+                "cannot be given with version: pin one or the other")
         return self
 
 
@@ -192,10 +190,9 @@ class Source(_Spec):
 
     @model_validator(mode="after")
     def _run_or_registered_model(self) -> Source:
-        if self.run_id is None and self.registered_model is None:
-            raise _FieldError("runId", "is required, or registeredModel instead")
-        if self.run_id is not None and self.registered_model is not None:
-            raise _FieldError("registeredModel", "cannot be given with runId: name the run or the version, not both")
+        _one_of(("runId", self.run_id), ("registeredModel", self.registered_model),
+                "is required, or registeredModel instead",
+                "cannot be given with runId: name the run or the version, not both")
         return self
 
 
@@ -269,11 +266,9 @@ class Gate(_Spec):
             return self
         if self.threshold is not None:
             raise _FieldError("threshold", "cannot be given with baseline: a gate compares with one or the other")
-        if self.min_relative_change is None and self.min_absolute_change is None:
-            raise _FieldError("minRelativeChange", "is required with baseline (0 to 1), or minAbsoluteChange (> 0)")
-        if self.min_relative_change is not None and self.min_absolute_change is not None:
-            raise _FieldError("minAbsoluteChange", "cannot be given with minRelativeChange: a baseline gate "
-                              "requires one kind of change")
+        _one_of(("minRelativeChange", self.min_relative_change), ("minAbsoluteChange", self.min_absolute_change),
+                "is required with baseline (0 to 1), or minAbsoluteChange (> 0)",
+                "cannot be given with minRelativeChange: a baseline gate requires one kind of change")
         return self
 
     @property
@@ -473,6 +468,15 @@ class ModelPromotionSpec(_Spec):
         if self.registry is None:
             return None
         return self.source.registered_model.name if self.source.registered_model else self.registry.model
+
+
+def _one_of(first: tuple[str, object], second: tuple[str, object], missing: str, both: str) -> None:
+    """Exactly one of two fields: ``missing`` is said of the first, ``both`` of the second."""
+    (name, value), (other, other_value) = first, second
+    if value is None and other_value is None:
+        raise _FieldError(name, missing)
+    if value is not None and other_value is not None:
+        raise _FieldError(other, both)
 
 
 class _IndexedError(ValueError):
