@@ -12,8 +12,8 @@ import copy
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from promoter.errors import IncompatibleModel
-from promoter.spec import Implementation, Protocol, SeldonTarget
+from .errors import IncompatibleModel
+from .spec import Implementation, Protocol, SeldonTarget
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "mlflow-seldon-promoter"

@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from promoter.errors import InvalidSpec
+from .errors import InvalidSpec
 
 API_GROUP = "mlops.dev"
 API_VERSION = "v1alpha1"

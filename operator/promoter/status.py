@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from promoter.errors import ArtifactTampered, Rejected, Waiting
-from promoter.spec import Condition, Phase, PromotionStatus, set_condition
+from .errors import ArtifactTampered, Rejected, Waiting
+from .spec import Condition, Phase, PromotionStatus, set_condition
 
 DEGRADED = "Degraded"
 
