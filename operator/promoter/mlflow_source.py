@@ -104,18 +104,22 @@ class MlflowClient:
                 problem = (f"{what} did not answer {path} within {self.timeout:g}s" if watch.expired
                            else f"cannot reach {what}: {type(e).__name__}")
                 raise Unavailable("mlflow", problem, self.retry_delay) from None
+            if watch.expired:  # cut short: what was read is not the answer
+                raise Unavailable("mlflow", f"{what} did not answer {path} within {self.timeout:g}s",
+                                  self.retry_delay)
         code = response.status_code
         if raw is None:
             raise Unavailable("mlflow", f"{what} answered {path} with more than {ANSWER_LIMIT} bytes",
                               self.retry_delay)
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            payload = None
         if code == 429 or code >= 500:
-            raise Unavailable("mlflow", f"{what} answered {code} to {path}", self.retry_delay)
+            raise Unavailable("mlflow", f"{what} answered {code}{_error_code(payload)} to {path}", self.retry_delay)
         if code in (401, 403):
             raise Unavailable("mlflow", f"{what} refused the credentials ({code}) for {path}", self.retry_delay)
-        try:
-            return code, json.loads(raw) if raw else None
-        except ValueError:
-            return code, None
+        return code, payload
 
     def _ok(self, path: str, code: int, payload: Any) -> Mapping[str, Any]:
         if code != 200 or not isinstance(payload, Mapping):

@@ -40,12 +40,14 @@ from .errors import (
     RunTimedOut,
     Unavailable,
     Waiting,
+    clip,
 )
 from .mlflow_source import MlflowApi, Run
 from .spec import Artifact, ModelPromotionSpec, Phase, Progress, model_uri, object_prefix, parse_spec
 from .status import Draft, Event, Outcome
 
 PROGRESS_EVERY = 2.0  # seconds between progress patches while copying
+SUMMARY_LIMIT = 256  # characters of the GATES column
 MLMODEL_LIMIT = 256 * 1024  # bytes of an MLmodel file; a real one is a few hundred
 DECIDED = (Phase.PROMOTED, Phase.REJECTED, Phase.SUPERSEDED, Phase.FAILED)
 CHECKED = (Phase.PROMOTED, Phase.SUPERSEDED)  # settled phases that are checked against the deployment
@@ -113,7 +115,7 @@ def _promote(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft, wai
     run = client.get_run(spec.source.run_id)
     _usable(run, waited, s)
     verdict = gates.evaluate(spec.gates, run.metrics)
-    draft.model.gates, draft.model.gate_summary = list(verdict.results), verdict.summary
+    draft.model.gates, draft.model.gate_summary = list(verdict.results), clip(verdict.summary, SUMMARY_LIMIT)
     if not verdict.passed:
         raise GatesFailed(verdict.message)
     draft.condition("GatesPassed", "True", "GatesPassed", verdict.message)

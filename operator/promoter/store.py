@@ -108,7 +108,10 @@ class Store:
         error kinds."""
         with deadline.deadline(seconds or self.timeout) as watch:
             try:
-                return fn()
+                result = fn()
+                if watch.expired:  # cut short: what was read is not the answer
+                    raise OSError("cut at the deadline")
+                return result
             except S3Error as e:
                 if e.code in _DENIED:
                     raise CredentialsProblem(self.who, f"S3 at {self.endpoint} refused it for {what} "
