@@ -2,16 +2,13 @@
 
 A new generation of the spec goes through every step::
 
-    parse spec -> run on MLflow (finished?) -> gates -> find the model, read MLmodel
-      -> verified copy under <prefix>/<runId>/ (or reuse one) -> rclone Secret
+    parse spec -> allowed? (policy) -> run on MLflow (finished?) -> gates
+      -> find the model, read MLmodel -> verified copy under <root>/<prefix>/<runId>/ (or reuse
+      one that provably holds the same model) -> rclone Secret
       -> SeldonDeployment + own status Promoted + the previous one Superseded (ownership.take)
 
 A generation already decided is cheap: Rejected and Failed stay as they are; Promoted and
-Superseded are checked against the SeldonDeployment (``ownership`` says who serves it). A
-Promoted one also checks that its copy still matches the manifest and its children still say
-what it wrote, restoring a deleted or edited child and writing nothing when all is in order. A
-problem found there (a Secret gone, S3 refusing) never demotes it: the model keeps serving,
-``Ready=False`` (reason Degraded) says what is wrong, and the check is retried.
+Superseded are checked (``check``) against the SeldonDeployment, the copy and the children.
 
 The outcome is data (status, Events, whether to retry); ``handlers`` applies it. The gateways
 come from the :class:`~promoter.context.Context`, so all of this runs over in-memory fakes in
@@ -20,22 +17,21 @@ the unit tests.
 
 from __future__ import annotations
 
-import base64
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
-from . import faults, gates, seldon, status
+from . import check, children, credentials, faults, gates, policy, seldon, status
 from .artifacts import Copier, CopyResult, FileEntry, ModelFolder, ObjectStore, locate
+from .children import Ref
 from .config import Settings
 from .context import Context
 from .errors import (
-    ArtifactTampered,
-    CredentialsProblem,
     GatesFailed,
+    IncompatibleModel,
     InvalidSpec,
     ModelTooLarge,
     Rejected,
@@ -44,56 +40,41 @@ from .errors import (
     RunTimedOut,
     Unavailable,
     Waiting,
+    clip,
 )
-from .mlflow_source import Auth, MlflowApi, Run
-from .ownership import PROMOTION_ANNOTATION, Check
-from .spec import (
-    Artifact,
-    ModelPromotionSpec,
-    Phase,
-    Progress,
-    model_uri,
-    object_prefix,
-    parse_spec,
-)
+from .mlflow_source import MlflowApi, Run
+from .spec import Artifact, ModelPromotionSpec, Phase, Progress, model_uri, object_prefix, parse_spec
 from .status import Draft, Event, Outcome
 
-RUN_ANNOTATION = "mlops.dev/run-id"
-DIGEST_ANNOTATION = "mlops.dev/artifact-digest"
-S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 PROGRESS_EVERY = 2.0  # seconds between progress patches while copying
+SUMMARY_LIMIT = 256  # characters of the GATES column
+MLMODEL_LIMIT = 256 * 1024  # bytes of an MLmodel file; a real one is a few hundred
 DECIDED = (Phase.PROMOTED, Phase.REJECTED, Phase.SUPERSEDED, Phase.FAILED)
 CHECKED = (Phase.PROMOTED, Phase.SUPERSEDED)  # settled phases that are checked against the deployment
-
-Keys = tuple[str, str, str]
-"""access key, secret key, the Secret they came from (namespace/name)."""
 
 
 def reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:
     """``waited``: seconds this generation has been retried for (kopf's runtime)."""
-    meta = body.get("metadata") or {}
-    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+    ref = Ref.of(body)
     draft = Draft.of(body)
     settled = draft.settled and draft.model.phase in DECIDED
     try:
         spec = parse_spec(body.get("spec") or {})
     except InvalidSpec as e:
         if settled and draft.model.phase is Phase.PROMOTED:
-            return _degraded(draft, e, "it cannot be checked until the spec is fixed", retry=False)
+            news = status.degraded(draft, f"{e.message}; it cannot be checked until the spec is fixed")
+            return Outcome(draft.patch(), [Event("Warning", status.DEGRADED, e.message, "Check")] if news else [])
         return _rejected(ctx, draft, e) if not settled else Outcome()
     if settled and draft.model.phase in CHECKED:
-        return _check(ctx, namespace, name, spec, draft)
+        return check.check(ctx, ref, spec, draft)
     if settled:
         return Outcome()  # Rejected or Failed: nothing changes until the spec does
     try:
-        return _promote(ctx, namespace, name, spec, draft, waited)
+        return _promote(ctx, ref, spec, draft, waited)
     except Rejected as e:
         return _rejected(ctx, draft, e)
     except Waiting as e:
         return _waiting(ctx, draft, e)
-
-
-# --- outcomes ---------------------------------------------------------------------------
 
 
 def _rejected(ctx: Context, draft: Draft, e: Rejected) -> Outcome:
@@ -113,57 +94,53 @@ def _waiting(ctx: Context, draft: Draft, e: Waiting) -> Outcome:
     return Outcome(draft.patch(), [Event("Normal", e.reason, e.message)] if news else [], retry=e)
 
 
-def _degraded(draft: Draft, e: Rejected | Waiting, serving: str, retry: bool = True,
-              delay: float = 30.0) -> Outcome:
-    problem = f"{e.message}; {serving}"
-    news = status.degraded(draft, problem)
-    again = e if isinstance(e, Waiting) else Waiting(problem, "check", delay)
-    return Outcome(draft.patch(), [Event("Warning", status.DEGRADED, problem, "Check")] if news else [],
-                   retry=again if retry else None)
-
-
 # --- a new generation -------------------------------------------------------------------
 
 
-def _promote(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, draft: Draft,
-             waited: float) -> Outcome:
+def _promote(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft, waited: float) -> Outcome:
     s = ctx.settings
-    target = spec.target.seldon_deployment
+    target, storage = spec.target.seldon_deployment, spec.target.storage
     draft.model.run_id, draft.model.deployment = spec.source.run_id, target.name
     if draft.model.phase in DECIDED:
         draft.model.phase = Phase.PENDING  # a new generation starts over
     draft.unset("supersededBy")
+    # What the spec names must be allowed before a Secret is read or a request sent.
+    tracking = policy.tracking_uri(spec.source.tracking_uri, s)
+    endpoint = policy.storage_endpoint(storage.endpoint, getattr(storage.credentials_secret_ref, "name", None), s)
+    root = policy.copy_root(ref.namespace, storage.bucket, s)
 
-    mlflow_env = _secret(ctx, namespace, spec.source.credentials_secret_ref, "spec.source.credentialsSecretRef")
-    client = ctx.mlflow(spec.source.tracking_uri or s.tracking_uri, _auth(mlflow_env))
+    mlflow_env = credentials.data(ctx, ref.namespace, spec.source.credentials_secret_ref,
+                                  "spec.source.credentialsSecretRef")
+    client = ctx.mlflow(tracking, credentials.mlflow_auth(mlflow_env))
     run = client.get_run(spec.source.run_id)
     _usable(run, waited, s)
     verdict = gates.evaluate(spec.gates, run.metrics)
-    draft.model.gates, draft.model.gate_summary = list(verdict.results), verdict.summary
+    draft.model.gates, draft.model.gate_summary = list(verdict.results), clip(verdict.summary, SUMMARY_LIMIT)
     if not verdict.passed:
         raise GatesFailed(verdict.message)
     draft.condition("GatesPassed", "True", "GatesPassed", verdict.message)
     faults.checkpoint("after-gates")
 
-    keys = _storage_keys(ctx, namespace, spec)
-    target_store, source_store = _stores(ctx, namespace, spec, keys, mlflow_env)
+    keys = credentials.storage_keys(ctx, ref.namespace, spec)
+    target_store = ctx.store(endpoint, *keys)
+    source_store = _source_store(ctx, ref.namespace, spec, endpoint, keys, mlflow_env)
     folder, files = _find_model(client, source_store, run, spec, s)
-    copier = Copier(target_store, spec.target.storage.bucket, object_prefix(spec), s.copy_concurrency)
-    result = _copy(ctx, namespace, name, copier, folder, files, spec)
-    draft.model.model_uri = model_uri(spec)
+    copier = Copier(target_store, storage.bucket, object_prefix(spec, root), s.copy_concurrency)
+    result = _copy(ctx, ref, copier, folder, files, spec)
+    draft.model.model_uri = model_uri(spec, root)
     draft.model.artifact = Artifact(files=result.files, bytes=result.bytes, digest=result.digest,
                                     manifest=result.manifest_key)
     draft.condition("ArtifactCopied", "True", "Verified" if result.mode != "reused" else "Reused",
                     f"{result.files} files, {result.bytes} bytes at {draft.model.model_uri} ({result.mode})")
 
-    _write_rclone_secret(ctx, namespace, spec, keys)
+    children.rclone_secret(ctx, ref, spec, endpoint, keys)
     faults.checkpoint("after-secret")
     message = (f"promoted: {verdict.message.removeprefix('gates passed: ')}; "
                f"{target.name} now serves run {spec.source.run_id}")
     final = draft.copy()  # the draft stays as it was should the write fail
     status.promoted(final, message, f"SeldonDeployment {target.name} serves {final.model.model_uri}")
-    taken = ctx.ownership.take(namespace, target.name, name, _deployment(namespace, name, spec, result.digest),
-                               final)
+    taken = ctx.ownership.take(ref.namespace, target.name, ref.name,
+                               children.deployment(ref, spec, draft.model.model_uri, result.digest), final)
     ctx.metrics.outcome(Phase.PROMOTED.value)
     if taken.previous:  # said in the one Event: an Event is an API request too
         message += f" (taken over from ModelPromotion {taken.previous})"
@@ -181,13 +158,41 @@ def _usable(run: Run, waited: float, s: Settings) -> None:
         raise RunNotFinished(run.run_id, run.status, delay=min(30.0, s.retry_delay * 3))
 
 
+def _source_store(ctx: Context, namespace: str, spec: ModelPromotionSpec, target_endpoint: str,
+                  keys: credentials.Keys, mlflow_env: Mapping[str, str]) -> ObjectStore:
+    """Where MLflow's s3:// artifacts are read: the MLflow Secret's endpoint and keys when it
+    brings them, else the operator's artifact endpoint with the target's keys (same endpoint) or
+    the default storage keys. Nothing is read there before ``policy.artifact_source`` allows it."""
+    endpoint = mlflow_env.get("MLFLOW_S3_ENDPOINT_URL") or ctx.settings.artifact_s3_endpoint
+    own = credentials.artifact_keys(mlflow_env)
+    if own is not None:
+        ref = spec.source.credentials_secret_ref
+        return ctx.store(endpoint, *own, f"{namespace}/{ref.name if ref else ''}")
+    if endpoint.rstrip("/") == target_endpoint.rstrip("/"):
+        return ctx.store(endpoint, *keys)
+    return ctx.store(endpoint, *credentials.storage_keys(ctx, namespace, None))
+
+
 def _find_model(client: MlflowApi, source: ObjectStore, run: Run, spec: ModelPromotionSpec,
                 settings: Settings) -> tuple[ModelFolder, dict[str, FileEntry]]:
-    """The model's folder and files, checked against the operator's bounds and the server."""
+    """The model's folder and files: at an allowed place, within the operator's bounds, and
+    loadable by the chosen server."""
     name = spec.source.model_name
-    folder, files = locate([(source, loc.uri) for loc in client.model_candidates(run, name)], run.run_id, name)
-    check_limits(files, settings, f"model {name!r} of run {run.run_id} (spec.source.modelName)")
-    mlmodel = yaml.safe_load(folder.read("MLmodel") or b"") or {}
+    candidates = [loc.uri for loc in client.model_candidates(run, name)]
+    for uri in candidates:  # before a byte is read from it
+        if uri.startswith("s3://"):
+            policy.artifact_source(source.endpoint, uri, settings)
+    what = f"model {name!r} of run {run.run_id} (spec.source.modelName)"
+    folder, files = locate([(source, uri) for uri in candidates], run.run_id, name, limit=settings.max_files)
+    check_limits(files, settings, what)
+    raw = folder.read("MLmodel", MLMODEL_LIMIT + 1) or b""
+    if len(raw) > MLMODEL_LIMIT:
+        raise IncompatibleModel(f"the model's MLmodel file is over {MLMODEL_LIMIT} bytes",
+                                "log the model with mlflow.<flavor>.log_model")
+    try:
+        mlmodel = yaml.safe_load(raw) or {}
+    except yaml.YAMLError:
+        mlmodel = {}
     seldon.check_model_compatibility(mlmodel if isinstance(mlmodel, dict) else {}, list(files),
                                      spec.target.seldon_deployment.implementation,
                                      spec.target.seldon_deployment.protocol)
@@ -196,59 +201,16 @@ def _find_model(client: MlflowApi, source: ObjectStore, run: Run, spec: ModelPro
 
 def check_limits(files: Mapping[str, FileEntry], settings: Settings, what: str) -> None:
     """Reject a model folder over the operator's bounds before a byte is copied."""
-    if len(files) > settings.max_files:
-        raise ModelTooLarge(what, len(files), "files", "PROMOTER_MAX_FILES", settings.max_files)
+    if len(files) > settings.max_files:  # listings stop one file past the limit
+        raise ModelTooLarge(what, len(files), "files", "PROMOTER_MAX_FILES", settings.max_files, more=True)
     total = sum(f.size for f in files.values())
     if total > settings.max_bytes:
         raise ModelTooLarge(what, total, "bytes", "PROMOTER_MAX_BYTES", settings.max_bytes)
 
 
-def _secret(ctx: Context, namespace: str, ref: Any, field_path: str) -> dict[str, str]:
-    if ref is None:
-        return {}
-    return ctx.kube.secret_data(namespace, ref.name, field_path)
-
-
-def _auth(env: Mapping[str, str]) -> Auth:
-    return Auth(env.get("MLFLOW_TRACKING_USERNAME", ""), env.get("MLFLOW_TRACKING_PASSWORD", ""),
-                env.get("MLFLOW_TRACKING_TOKEN", ""))
-
-
-def _storage_keys(ctx: Context, namespace: str, spec: ModelPromotionSpec | None) -> Keys:
-    """The target storage keys of the spec, or the operator's default ones when spec is None."""
-    ref = spec.target.storage.credentials_secret_ref if spec else None
-    name = ref.name if ref else ctx.settings.storage_secret
-    field_path = "spec.target.storage.credentialsSecretRef" if ref else "operator default PROMOTER_STORAGE_SECRET"
-    data = ctx.kube.secret_data(namespace, name, field_path)
-    missing = [k for k in S3_KEYS if not data.get(k)]
-    if missing:
-        raise CredentialsProblem(f"{namespace}/{name} ({field_path})", f"has no key {', '.join(missing)}")
-    return data[S3_KEYS[0]], data[S3_KEYS[1]], f"{namespace}/{name}"
-
-
-def _target_endpoint(ctx: Context, spec: ModelPromotionSpec) -> str:
-    return spec.target.storage.endpoint or ctx.settings.storage_endpoint
-
-
-def _stores(ctx: Context, namespace: str, spec: ModelPromotionSpec, keys: Keys,
-            mlflow_env: Mapping[str, str]) -> tuple[ObjectStore, ObjectStore]:
-    endpoint = _target_endpoint(ctx, spec)
-    target = ctx.store(endpoint, *keys)
-    src_endpoint = mlflow_env.get("MLFLOW_S3_ENDPOINT_URL") or ctx.settings.artifact_s3_endpoint
-    if all(mlflow_env.get(k) for k in S3_KEYS):
-        ref = spec.source.credentials_secret_ref
-        source = ctx.store(src_endpoint, mlflow_env[S3_KEYS[0]], mlflow_env[S3_KEYS[1]],
-                           f"{namespace}/{ref.name if ref else ''}")
-    elif src_endpoint.rstrip("/") == endpoint.rstrip("/"):
-        source = ctx.store(src_endpoint, *keys)
-    else:  # the default artifact store goes with the operator's default keys
-        source = ctx.store(src_endpoint, *_storage_keys(ctx, namespace, None))
-    return target, source
-
-
-def _copy(ctx: Context, namespace: str, name: str, copier: Copier, folder: ModelFolder,
-          files: Mapping[str, FileEntry], spec: ModelPromotionSpec) -> CopyResult:
-    reused = copier.existing(dict(files))
+def _copy(ctx: Context, ref: Ref, copier: Copier, folder: ModelFolder, files: Mapping[str, FileEntry],
+          spec: ModelPromotionSpec) -> CopyResult:
+    reused = copier.existing(dict(files), folder, spec.source.run_id)
     if reused is not None:
         return reused
     lock, last = threading.Lock(), [time.monotonic()]
@@ -260,7 +222,7 @@ def _copy(ctx: Context, namespace: str, name: str, copier: Copier, folder: Model
             if time.monotonic() - last[0] < PROGRESS_EVERY:
                 return
             last[0] = time.monotonic()
-        ctx.kube.patch_status(namespace, name, {
+        ctx.kube.patch_status(ref.namespace, ref.name, {
             "phase": Phase.COPYING.value,
             "message": f"copying {files_total} files ({bytes_total} bytes) to {copier.uri}",
             "progress": Progress(files_done=files_done, files_total=files_total, bytes_done=bytes_done,
@@ -271,90 +233,6 @@ def _copy(ctx: Context, namespace: str, name: str, copier: Copier, folder: Model
                                                "modelName": spec.source.model_name}, report)
     ctx.metrics.copied(result.mode, result.bytes, time.monotonic() - started)
     return result
-
-
-def _rclone_merge(desired: dict[str, Any]) -> Callable[[dict[str, Any] | None], dict[str, Any] | None]:
-    def merge(existing: dict[str, Any] | None) -> dict[str, Any] | None:
-        if existing is None:
-            return desired
-        have = {k: base64.b64decode(v).decode(errors="replace") for k, v in (existing.get("data") or {}).items()}
-        labels = (existing.get("metadata") or {}).get("labels") or {}
-        want_labels = desired["metadata"]["labels"]
-        if all(have.get(k) == v for k, v in desired["stringData"].items()) and \
-                all(labels.get(k) == v for k, v in want_labels.items()):
-            return None
-        return {"metadata": {"labels": want_labels}, "stringData": desired["stringData"]}
-
-    return merge
-
-
-def _write_rclone_secret(ctx: Context, namespace: str, spec: ModelPromotionSpec, keys: Keys) -> bool:
-    """The Secret Seldon's storage initializer reads; True when it was written."""
-    access, secret, _ = keys
-    name = spec.target.seldon_deployment.secret_name
-    body = seldon.render_rclone_secret(name, namespace, _target_endpoint(ctx, spec), access, secret)
-    return ctx.kube.ensure_secret(namespace, name, _rclone_merge(body)) != "unchanged"
-
-
-def _deployment(namespace: str, name: str, spec: ModelPromotionSpec, digest: str) -> dict[str, Any]:
-    annotations = {PROMOTION_ANNOTATION: name, RUN_ANNOTATION: spec.source.run_id, DIGEST_ANNOTATION: digest}
-    return seldon.render_seldon_deployment(spec.target.seldon_deployment, namespace, model_uri(spec), annotations)
-
-
-# --- a generation already decided: Promoted or Superseded ------------------------------------
-
-
-def _check(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, draft: Draft) -> Outcome:
-    target = spec.target.seldon_deployment
-    with ctx.ownership.check(namespace, target.name) as deployment:
-        owner = deployment.owner()
-        if draft.model.phase is Phase.SUPERSEDED:
-            if owner != name:
-                return Outcome()
-            message = status.reclaimed(draft, target.name, spec.source.run_id)
-            deployment.report(name, draft)
-            return Outcome(events=[Event("Normal", "Reclaimed", message, "Check")])
-        if owner is not None and owner != name:
-            message = status.superseded(draft, owner, target.name)
-            deployment.report(name, draft)
-            return Outcome(events=[Event("Normal", "Superseded", message, "Check")])
-        try:
-            restored = _verify_and_restore(ctx, namespace, name, spec, deployment)
-        except ArtifactTampered as e:  # the copy changed under the deployment: reported, not repointed
-            outcome = _rejected(ctx, draft, e)
-            deployment.report(name, draft)
-            return Outcome(events=outcome.events, rejected=e)
-        except (Rejected, Waiting) as e:
-            if isinstance(e, Unavailable):
-                ctx.metrics.upstream_error(e.upstream)
-            outcome = _degraded(draft, e, f"{target.name} keeps serving {model_uri(spec)}; checking again",
-                                delay=max(ctx.settings.retry_delay, 30.0))
-            deployment.report(name, draft)
-            return Outcome(events=outcome.events, retry=outcome.retry)
-        events = []
-        if status.recovered(draft):
-            events.append(Event("Normal", "Recovered", f"checked: {target.name} serves {model_uri(spec)} "
-                                "from its verified copy", "Check"))
-        if restored:
-            events.append(Event("Normal", "Restored", f"restored the rclone Secret or SeldonDeployment "
-                                f"{target.name} to serve {model_uri(spec)}", "Check"))
-        deployment.report(name, draft)
-    return Outcome(events=events)
-
-
-def _verify_and_restore(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec,
-                        deployment: Check) -> bool:
-    """The copy still matches its manifest; the children say what this promotion wrote (put
-    back when deleted or edited). True when a child was written."""
-    keys = _storage_keys(ctx, namespace, spec)
-    store = ctx.store(_target_endpoint(ctx, spec), *keys)
-    copier = Copier(store, spec.target.storage.bucket, object_prefix(spec), ctx.settings.copy_concurrency)
-    result = copier.existing()
-    if result is None:
-        raise ArtifactTampered(copier.uri, "the manifest is gone")
-    wrote_secret = _write_rclone_secret(ctx, namespace, spec, keys)
-    wrote_deployment, _ = deployment.restore(name, _deployment(namespace, name, spec, result.digest))
-    return wrote_secret or wrote_deployment
 
 
 __all__ = ["CHECKED", "DECIDED", "check_limits", "reconcile"]

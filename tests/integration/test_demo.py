@@ -32,9 +32,9 @@ def test_the_demo_promotes_one_run_and_rejects_the_strict_one(tmp_path: Path, de
         assert rows["rf-regressor"][2] == "Promoted"
         assert rows["too-strict"][2] == "Rejected"
         run_id = rows["rf-regressor"][1]
-        assert f"SeldonDeployment rf-regressor serves: s3://models/rf-regressor/{run_id}" in out
-        assert re.search(rf"^\s+\d+\s+rf-regressor/{run_id}/model\.pkl$", out, re.M)
-        assert re.search(rf"^\s+\d+\s+rf-regressor/{run_id}/promotion-manifest\.json$", out, re.M)
+        assert f"SeldonDeployment rf-regressor serves: s3://models/mlops-demo/rf-regressor/{run_id}" in out
+        assert re.search(rf"^\s+\d+\s+mlops-demo/rf-regressor/{run_id}/model\.pkl$", out, re.M)
+        assert re.search(rf"^\s+\d+\s+mlops-demo/rf-regressor/{run_id}/promotion-manifest\.json$", out, re.M)
         assert re.search(r"^Rejected: too-strict: gate failed: rmse [0-9.]+ is not <= 1$", out, re.M)
         assert 'eval "$(.venv/bin/python -m devstack env)"' in out and "make down" in out
         assert "demo: [6/6]" in result.stderr  # progress shown throughout
