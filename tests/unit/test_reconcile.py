@@ -14,15 +14,6 @@ from .fakes import KEYS, PROMOTION, RUN_A, RUN_B, SECRET, SELDON, World, conditi
 MODEL_URI_A = f"s3://models/ns/rf/{RUN_A}"  # under the namespace's root
 
 
-@pytest.fixture
-def world() -> World:
-    w = World()
-    for run_id in (RUN_A, RUN_B):
-        w.mlflow.add_run(run_id, {"rmse": 0.5})
-        w.s3.put_model(run_id)
-    return w
-
-
 def promoted(world: World, name: str = "p1", run_id: str = RUN_A, deployment: str = "sd") -> dict:
     world.apply(name, run_id, deployment)
     outcome = world.reconcile(name)

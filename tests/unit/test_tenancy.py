@@ -8,23 +8,12 @@ import dataclasses
 import json
 import time
 
-import pytest
-
 from promoter.errors import redact
 from promoter.seldon import ADOPT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION
 
 from .fakes import KEYS, RUN_A, RUN_B, SECRET, SELDON, World, condition
 
 OTHER_S3 = "http://tenant-s3.example:9000"
-
-
-@pytest.fixture
-def world() -> World:
-    w = World()
-    for run_id in (RUN_A, RUN_B):
-        w.mlflow.add_run(run_id, {"rmse": 0.5})
-        w.s3.put_model(run_id)
-    return w
 
 
 def configure(world: World, **settings: object) -> None:
