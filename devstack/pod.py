@@ -37,10 +37,14 @@ from . import image, podnet
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 API_HOST, API_PORT = "kubernetes.default.svc", 443
-# Pod fields run_args implements; anything else in the template is refused by name.
-POD_FIELDS = {"serviceAccountName", "securityContext", "containers", "volumes", "automountServiceAccountToken"}
+# Pod fields run_args implements, and those the API server fills in with defaults that change
+# nothing for one container on one machine; anything else in the template is refused by name.
+POD_FIELDS = {"serviceAccountName", "serviceAccount", "securityContext", "containers", "volumes",
+              "automountServiceAccountToken", "dnsPolicy", "restartPolicy", "schedulerName",
+              "terminationGracePeriodSeconds"}
 CONTAINER_FIELDS = {"name", "image", "imagePullPolicy", "command", "args", "env", "envFrom", "ports",
-                    "livenessProbe", "readinessProbe", "resources", "securityContext", "volumeMounts"}
+                    "livenessProbe", "readinessProbe", "resources", "securityContext", "volumeMounts",
+                    "terminationMessagePath", "terminationMessagePolicy"}
 SECURITY_FIELDS = {"runAsUser", "runAsGroup", "runAsNonRoot", "readOnlyRootFilesystem",
                    "allowPrivilegeEscalation", "capabilities", "seccompProfile"}
 
