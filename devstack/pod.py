@@ -56,7 +56,8 @@ class Unsupported(ValueError):
 def _check(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(obj) - allowed)
     if extra:
-        raise Unsupported(f"{where}.{extra[0]}: not run by devstack's pod runner (it runs {', '.join(sorted(allowed))})")
+        raise Unsupported(f"{where}.{extra[0]}: not run by devstack's pod runner "
+                          f"(it runs {', '.join(sorted(allowed))})")
 
 
 def environment(container: Mapping[str, Any], configmaps: Mapping[str, Mapping[str, str]]) -> dict[str, str]:

@@ -65,7 +65,8 @@ def install(devstack: stack.State, values: dict[str, Any], prefix: str = "mlflow
 
 def values_for(devstack: stack.State, **more: Any) -> dict[str, Any]:
     """The settings a platform engineer would give to reach this devstack's MLflow and S3."""
-    return {"settings": {"PROMOTER_TRACKING_URI": devstack.mlflow_uri, "PROMOTER_STORAGE_ENDPOINT": devstack.s3_endpoint,
+    return {"settings": {"PROMOTER_TRACKING_URI": devstack.mlflow_uri,
+                         "PROMOTER_STORAGE_ENDPOINT": devstack.s3_endpoint,
                          "PROMOTER_STORAGE_SECRET": "minio-credentials", "PROMOTER_RETRY_DELAY": "1"}, **more}
 
 

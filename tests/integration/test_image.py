@@ -67,7 +67,8 @@ class Evidence:
 def running(devstack: stack.State, crd: None, operator: Operator, built: image.Built,
             trained: tuple[str, dict[str, float]]) -> Iterator[Evidence]:
     repository, tag = built.image.rsplit(":", 1)
-    release = install(devstack, values_for(devstack, image={"repository": repository, "tag": tag, "pullPolicy": "Never"}))
+    release = install(devstack, values_for(
+        devstack, image={"repository": repository, "tag": tag, "pullPolicy": "Never"}))
     # The session's operator (admin, all namespaces) would race the image's for the promotion.
     operator.stop()
     pod: PodRun | None = None
@@ -83,7 +84,8 @@ def running(devstack: stack.State, crd: None, operator: Operator, built: image.B
         token = devstack.kubectl("-n", release.namespace, "create", "token", sa, "--duration=1h").stdout.strip()
         namespace = new_namespace(devstack, "img")
         apply(devstack, namespace, promotion("served-by-image", trained[0], deployment="image-served"))
-        pod = PodRun(template, release.namespace, token, (Path(devstack.home) / "certs" / "serving-ca.crt").read_bytes(),
+        ca = (Path(devstack.home) / "certs" / "serving-ca.crt").read_bytes()
+        pod = PodRun(template, release.namespace, token, ca,
                      ("127.0.0.1", _port(devstack.kube_url)), configmaps,
                      services={_port(u): ("127.0.0.1", _port(u)) for u in (devstack.mlflow_uri, devstack.s3_endpoint)},
                      name=f"promoter-{release.name[-6:]}")

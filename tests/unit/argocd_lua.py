@@ -43,7 +43,9 @@ def lua(value: Any) -> str:
             raise ValueError(f"{value}: not a JSON number")
         return repr(value)
     if isinstance(value, str):
-        return '"' + "".join(chr(b) if 32 <= b < 127 and chr(b) not in '"\\' else f"\\{b:03d}" for b in value.encode()) + '"'
+        # three-digit decimal escapes, so that a digit after one is not read as part of it
+        plain = (chr(b) if 32 <= b < 127 and chr(b) not in '"\\' else f"\\{b:03d}" for b in value.encode())
+        return '"' + "".join(plain) + '"'
     if isinstance(value, list):
         return "{" + ", ".join(lua(v) for v in value) + "}"
     if isinstance(value, dict):
