@@ -78,7 +78,8 @@ def ensure(name: str, log=print) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
     try:
         tags = [f"-tags={TAGS[name]}"] if name in TAGS else []
-        out = subprocess.run([go, "install", "-trimpath", *tags, f"-ldflags={_ldflags(go, name)}", f"{package}@{version}"],
+        cmd = [go, "install", "-trimpath", *tags, f"-ldflags={_ldflags(go, name)}", f"{package}@{version}"]
+        out = subprocess.run(cmd,
                              env={**os.environ, "GOBIN": str(staging), "CGO_ENABLED": "0"},
                              capture_output=True, text=True, timeout=3600)
         if out.returncode != 0:
