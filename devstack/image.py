@@ -164,7 +164,7 @@ def _files(paths: Iterable[Path]) -> list[Path]:
     for path in paths:
         if path.is_dir():
             out += sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                          and not p.name.endswith((".pyc", ".egg-info")) and ".egg-info" not in str(p))
+                          and not p.name.endswith(".pyc"))
         else:
             out.append(path)
     return out

@@ -170,6 +170,9 @@ class PodRun:
     configmaps: Mapping[str, Mapping[str, str]]
     services: Mapping[int, tuple[str, int]] = field(default_factory=dict)
     name: str = "promoter-pod"
+    args: list[str] = field(default_factory=list, init=False)
+    net: podnet.PodNetwork | None = field(default=None, init=False)
+    folder: Path | None = field(default=None, init=False)
 
     def start(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="devstack-pod-"))
@@ -199,22 +202,20 @@ class PodRun:
         if isinstance(port, str):
             ports = {p["name"]: p["containerPort"] for p in self.template["spec"]["containers"][0]["ports"]}
             port = int(ports[port])
+        assert self.net is not None, "the pod is not started"
         return self.net.get(port, path)
-
-    def running(self) -> bool:
-        out = image.podman("inspect", "--format", "{{.State.Running}}", self.name, check=False)
-        return out.stdout.strip() == "true"
 
     def logs(self) -> str:
         out = image.podman("logs", self.name, check=False)
         return out.stdout + out.stderr
 
-    def inspect(self) -> dict[str, Any]:
-        return dict(json.loads(image.podman("inspect", self.name).stdout)[0])
-
     def stop(self) -> None:
-        image.podman("rm", "--force", "--time", "10", "--ignore", self.name, check=False)
-        if hasattr(self, "net"):
+        """SIGTERM, then SIGKILL after the Pod's grace period, as the kubelet stops a container."""
+        grace = str(self.template["spec"].get("terminationGracePeriodSeconds", 30))
+        image.podman("rm", "--force", "--time", grace, "--ignore", self.name, check=False)
+        if self.net is not None:
             self.net.close()
-        if hasattr(self, "folder"):
+            self.net = None
+        if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import http.client
 import os
 import socket
@@ -93,7 +94,7 @@ class PodNetwork:
             except OSError:
                 client.close()  # the endpoint is down: the Pod sees its connection closed
                 continue
-            done = threading.Barrier(2, action=lambda c=client, u=upstream: (c.close(), u.close()))
+            done = threading.Barrier(2, action=functools.partial(_close, client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=_pump, args=(a, b, done), daemon=True).start()
 
@@ -119,6 +120,11 @@ class PodNetwork:
                 server.shutdown(socket.SHUT_RDWR)
             server.close()
         subprocess.run(["ip", "netns", "delete", self.name], capture_output=True, timeout=30)
+
+
+def _close(*sockets: socket.socket) -> None:
+    for s in sockets:
+        s.close()
 
 
 def _pump(src: socket.socket, dst: socket.socket, done: threading.Barrier) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .binaries import SetupError
@@ -62,7 +63,7 @@ def cached(name: str) -> Path | None:
     return path if os.access(path, os.X_OK) else None
 
 
-def ensure(name: str, log=print) -> Path:
+def ensure(name: str, log: Callable[[str], None] = print) -> Path:
     found = cached(name)
     if found is not None:
         return found
