@@ -30,7 +30,7 @@ from devstack.pod import PodRun
 from tests.unit.argocd_lua import CUSTOMIZATIONS, LUA, health
 
 from .chart import Release, install, values_for
-from .conftest import REPO, Operator, new_namespace
+from .conftest import REPO, Operator, new_namespace, train
 from .helpers import apply, get, phase_in, promotion, wait_for
 from .test_rbac import audit
 
@@ -65,7 +65,9 @@ class Evidence:
 
 @pytest.fixture(scope="module")
 def running(devstack: stack.State, crd: None, operator: Operator, built: image.Built,
-            trained: tuple[str, dict[str, float]]) -> Iterator[Evidence]:
+            mlflow_env: dict[str, str]) -> Iterator[Evidence]:
+    # A run of its own: a later test promoting the session's run expects to make the first copy.
+    run_id, _ = train(mlflow_env, seed=15)
     repository, tag = built.image.rsplit(":", 1)
     release = install(devstack, values_for(
         devstack, image={"repository": repository, "tag": tag, "pullPolicy": "Never"}))
@@ -83,7 +85,7 @@ def running(devstack: stack.State, crd: None, operator: Operator, built: image.B
         sa = template["spec"]["serviceAccountName"]
         token = devstack.kubectl("-n", release.namespace, "create", "token", sa, "--duration=1h").stdout.strip()
         namespace = new_namespace(devstack, "img")
-        apply(devstack, namespace, promotion("served-by-image", trained[0], deployment="image-served"))
+        apply(devstack, namespace, promotion("served-by-image", run_id, deployment="image-served"))
         ca = (Path(devstack.home) / "certs" / "serving-ca.crt").read_bytes()
         pod = PodRun(template, release.namespace, token, ca,
                      ("127.0.0.1", _port(devstack.kube_url)), configmaps,
