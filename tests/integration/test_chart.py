@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from devstack import stack, tools
+from devstack.harness import CRD, REPO
 
 from .chart import CHART, helm, install, render, values_for
-from .conftest import CRD, REPO
 from .helpers import get
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,8 @@ The image is built with podman from the Dockerfile, on a bookworm base made with
 with podman as a kubelet would: its args and env, uid 65532, read-only root filesystem plus its
 emptyDir, all capabilities dropped, no privilege escalation, a TokenRequest token of the
 ServiceAccount and the cluster CA at the in-cluster paths, in a network namespace of its own
-where kubernetes.default.svc is the API server. The operator must log in as that ServiceAccount,
+where kubernetes.default.svc is the API server, with a scope of its own (PROMOTER_SCOPE, a chart
+setting) so that the session's operator leaves its promotion alone. The operator must log in as that ServiceAccount,
 promote a model, answer its liveness probe and serve /metrics. The trainer image
 (experiments/Dockerfile) is built and run once too, logging a run to devstack's MLflow.
 """
@@ -25,14 +26,13 @@ from typing import Any
 import pytest
 from packaging.utils import canonicalize_name
 
-from devstack import image, stack
+from devstack import harness, image, stack
 from devstack.pod import PodRun
 from tests.unit.argocd_lua import CUSTOMIZATIONS, LUA, health
 
 from .chart import Release, install, values_for
-from .conftest import REPO, Operator, new_namespace, train
+from .conftest import REPO, new_namespace, train
 from .helpers import apply, get, phase_in, promotion, wait_for
-from .test_rbac import audit
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(image.missing_tools() is not None, reason=str(image.missing_tools()))]
@@ -41,6 +41,7 @@ OPERATOR_INPUTS = [REPO / "pyproject.toml", REPO / "constraints.txt", REPO / "op
 TRAINER_INPUTS = [REPO / "experiments" / p for p in ("requirements.txt", "train.py", "data")]
 # The operator's own layers (the venv) on top of the base: kopf, aiohttp, pydantic, minio, ...
 MAX_OPERATOR_LAYERS = 80 * 1024**2
+SCOPE = "image"
 NOT_IN_IMAGE = {"mlflow", "mlflow-skinny", "scikit-learn", "pandas", "numpy", "boto3", "kubernetes"}
 
 
@@ -60,19 +61,17 @@ class Evidence:
     namespace: str
     promoted: dict[str, Any]
     seconds_to_promoted: float
-    requests: list[Any]
+    requests: list[harness.Request]
 
 
 @pytest.fixture(scope="module")
-def running(devstack: stack.State, crd: None, operator: Operator, built: image.Built,
-            mlflow_env: dict[str, str]) -> Iterator[Evidence]:
+def running(devstack: stack.State, crd: None, built: image.Built) -> Iterator[Evidence]:
     # A run of its own: a later test promoting the session's run expects to make the first copy.
-    run_id, _ = train(mlflow_env, seed=15)
+    run_id, _ = train(devstack, seed=15)
     repository, tag = built.image.rsplit(":", 1)
-    release = install(devstack, values_for(
-        devstack, image={"repository": repository, "tag": tag, "pullPolicy": "Never"}))
-    # The session's operator (admin, all namespaces) would race the image's for the promotion.
-    operator.stop()
+    values = values_for(devstack, image={"repository": repository, "tag": tag, "pullPolicy": "Never"})
+    values["settings"]["PROMOTER_SCOPE"] = SCOPE
+    release = install(devstack, values)
     pod: PodRun | None = None
     try:
         deployment = get(devstack, release.namespace, "deployment", release.name)
@@ -85,13 +84,14 @@ def running(devstack: stack.State, crd: None, operator: Operator, built: image.B
         sa = template["spec"]["serviceAccountName"]
         token = devstack.kubectl("-n", release.namespace, "create", "token", sa, "--duration=1h").stdout.strip()
         namespace = new_namespace(devstack, "img")
-        apply(devstack, namespace, promotion("served-by-image", run_id, deployment="image-served"))
+        apply(devstack, namespace, promotion("served-by-image", run_id, deployment="image-served", scope=SCOPE))
         ca = (Path(devstack.home) / "certs" / "serving-ca.crt").read_bytes()
         pod = PodRun(template, release.namespace, token, ca,
                      ("127.0.0.1", _port(devstack.kube_url)), configmaps,
                      services={_port(u): ("127.0.0.1", _port(u)) for u in (devstack.mlflow_uri, devstack.s3_endpoint)},
                      name=f"promoter-{release.name[-6:]}")
-        offset = Path(devstack.audit_log).stat().st_size
+        audit = harness.Audit(devstack)
+        offset = audit.mark()
         started = time.monotonic()
         pod.start()
         try:
@@ -102,12 +102,11 @@ def running(devstack: stack.State, crd: None, operator: Operator, built: image.B
         seconds = time.monotonic() - started
         print(f"image: container start to Promoted in {seconds:.2f}s")
         username = f"system:serviceaccount:{release.namespace}:{sa}"
-        yield Evidence(release, pod, namespace, promoted, seconds, audit(devstack, offset, username))
+        yield Evidence(release, pod, namespace, promoted, seconds, audit.requests(offset, user=username))
     finally:
         if pod is not None:
             pod.stop()
         release.uninstall()
-        operator.start()
 
 
 def _exec_python(pod: PodRun, code: str) -> str:
@@ -123,7 +122,7 @@ def test_the_image_promotes_a_model_as_its_service_account(devstack: stack.State
     sdep = get(devstack, running.namespace, "seldondeployment", "image-served")
     assert sdep is not None
     assert sdep["spec"]["predictors"][0]["graph"]["modelUri"] == status["modelUri"]
-    writes = {(r.verb, r.resource) for r in running.requests if r.namespace == running.namespace and r.code < 300}
+    writes = {(r.verb, r.qualified) for r in running.requests if r.namespace == running.namespace and r.code < 300}
     assert {("create", "seldondeployments"), ("patch", "modelpromotions/status")} <= writes, writes
     assert "login_with_service_account' succeeded" in running.pod.logs()
 

@@ -1,11 +1,12 @@
 -- Argo CD health of a ModelPromotion (mlops.dev/v1alpha1), from the status the operator writes.
 --
 --   Progressing  no status yet, the current generation not decided (observedGeneration behind
---                metadata.generation), or a decision under way: Pending, Evaluating, Copying,
---                Deploying (the rollout in flight); the message says what is waited for
+--                metadata.generation), or a decision under way: Pending, Copying, Deploying (the
+--                rollout in flight); the message says what is waited for
 --   Healthy      Promoted: the SeldonDeployment serves this promotion's copy
 --   Degraded     Rejected (gates, an incompatible model, a bad spec) or Failed (the copy no
---                longer matches its manifest)
+--                longer matches its manifest); or Promoted with Ready=False, reason Degraded: the
+--                model still serves, but the operator's check of it fails (the message says why)
 --   Suspended    Superseded: a later promotion serves the SeldonDeployment now
 --
 -- Argo CD runs this with gopher-lua (Lua 5.1): `obj` in, {status, message} out.
@@ -42,6 +43,11 @@ local phase = status.phase
 local message = status.message
 if phase == "Promoted" then
   hs.status = "Healthy"
+  local ready = condition("Ready")
+  if ready ~= nil and ready.status == "False" and ready.reason == "Degraded" then
+    hs.status = "Degraded"
+    message = ready.message or message
+  end
 elseif phase == "Rejected" or phase == "Failed" then
   hs.status = "Degraded"
 elseif phase == "Superseded" then
@@ -50,7 +56,7 @@ elseif phase == "Superseded" then
     message = "superseded by " .. status.supersededBy
   end
 else
-  -- Pending, Evaluating, Copying, Deploying, or a phase this script does not know yet.
+  -- Pending, Copying, Deploying, or a phase this script does not know yet.
   local reconciling = condition("Reconciling")
   if reconciling ~= nil and reconciling.status == "True" and reconciling.message ~= nil then
     message = reconciling.message
