@@ -8,7 +8,8 @@ image made locally with debootstrap.
   ``minbase`` of bookworm with Debian's Python 3.11, venv and pip, ``python`` on PATH, imported
   into podman. It is tagged with a hash of its recipe and rebuilt only when that changes.
 - ``build()`` builds a Dockerfile with ``--build-arg BASE=<that base>``; the image is tagged with
-  a hash of its inputs and the base, and an image with that tag is reused instead of rebuilt.
+  a hash of its inputs and the base, and an image with that tag is reused instead of rebuilt
+  (images of earlier inputs are removed once a new one is built).
   When the host's pip is configured with a CA bundle (``pip config list``: a TLS-inspecting proxy
   in front of the package index), the bundle goes in as the build secret ``pip-ca`` only: the
   image carries no extra CA.
@@ -203,4 +204,15 @@ def build(context: Path, name: str, inputs: Iterable[Path], dockerfile: Path | N
     log(f"image: building {tag} from {dockerfile}" + (f" (pip's CA bundle {ca} as a build secret)" if ca else ""))
     t0 = time.monotonic()
     podman(*args, str(context), timeout=1800)
-    return Built(tag, time.monotonic() - t0, False)
+    built = Built(tag, time.monotonic() - t0, False)
+    _remove_older(name, tag)
+    return built
+
+
+def _remove_older(name: str, keep: str) -> None:
+    """The images of ``name`` built from earlier inputs: each is a full image (the trainer's is
+    ~1 GB) that nothing runs again. One still in use by a container stays."""
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", f"localhost/{name}").stdout.split()
+    for old in listed:
+        if old != keep:
+            podman("rmi", old, check=False)
