@@ -5,8 +5,13 @@
 #
 # The versions come from constraints.txt, the same pins the tests run with. Only the operator's
 # own dependencies (pyproject's [project.dependencies]) are installed: no MLflow, no scikit-learn.
+#
+# BASE is the pinned official Python image. `make test-image` builds with a bookworm base made
+# locally with debootstrap instead (devstack/image.py), for a machine with no registry; behind a
+# TLS-inspecting proxy it passes pip's CA bundle as the build secret `pip-ca`, which no layer keeps.
+ARG BASE=python:3.11.14-slim-bookworm
 
-FROM python:3.11.14-slim-bookworm AS builder
+FROM ${BASE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -19,12 +24,14 @@ COPY pyproject.toml constraints.txt ./
 COPY operator/ operator/
 # Only operator/ is in the context, so the wheel holds the `promoter` package alone. pip and
 # setuptools are not needed to run it; the bytecode is compiled here, once.
-RUN pip install --no-cache-dir -c constraints.txt . \
+RUN --mount=type=secret,id=pip-ca \
+    if [ -f /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+ && pip install --no-cache-dir -c constraints.txt . \
  && pip uninstall --yes pip setuptools \
  && python -m compileall -q /opt/venv/lib
 
 
-FROM python:3.11.14-slim-bookworm
+FROM ${BASE}
 
 LABEL org.opencontainers.image.title="mlflow-seldon-promoter" \
       org.opencontainers.image.description="Kubernetes operator: promote an MLflow run to Seldon Core when its metrics pass the gates"

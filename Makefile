@@ -40,6 +40,9 @@ down: ## stop devstack and everything it started
 test: $(STAMP) ## unit + integration tests (integration on a devstack of their own)
 	$(PY) -m pytest tests/unit tests/integration
 
+test-image: $(STAMP) ## build the operator and trainer images (podman, debootstrap base) and run them against devstack
+	$(PY) -m pytest tests/integration/test_image.py
+
 test-unit: $(STAMP) ## pure tests, no network
 	$(PY) -m pytest tests/unit
 
@@ -50,11 +53,17 @@ test-faults: $(STAMP) ## the whole fault suite (every crash point and outage; ma
 test-e2e: $(STAMP) ## kind end-to-end tests (needs Docker and kind)
 	$(PY) -m pytest -s tests/e2e
 
-crds: $(STAMP) ## regenerate crds/ from operator/promoter/spec.py
+crds: $(STAMP) ## regenerate crds/ (and the chart's copy) from operator/promoter/spec.py
 	cd operator && ../$(PY) -m promoter.crdgen > ../crds/modelpromotions.mlops.dev.yaml
+	cp crds/modelpromotions.mlops.dev.yaml $(CHART)/crds/
+
+manifests: $(STAMP) ## rewrite the kustomize files that carry the chart's rules (RBAC, egress, admission policy) from charts/.../files/
+	$(PY) charts/sync_manifests.py
 
 run: $(STAMP) ## run the operator against the current kube context (all namespaces)
 	cd operator && ../$(VENV)/bin/kopf run -m promoter.handlers --standalone --all-namespaces
+
+CHART := charts/mlflow-seldon-promoter
 
 # kubectl from PATH, else the one devstack found or built.
 KUBECTL ?= $(or $(shell command -v kubectl 2>/dev/null),$(shell $(PY) -c 'from devstack import binaries; print(binaries.ensure(log=lambda m: None).folder)' 2>/dev/null)/kubectl)
@@ -83,8 +92,8 @@ $(ACTIONLINT):
 	GOBIN=$(abspath $(dir $@)) go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
 # The Python linters first: they need no Go.
-lint: $(STAMP) ## ruff, mypy (operator, devstack), import contracts, hadolint, shellcheck, actionlint
-	$(VENV)/bin/ruff check operator devstack tests experiments bench
+lint: $(STAMP) ## ruff, mypy (operator, devstack), import contracts, hadolint, shellcheck, actionlint, helm lint + template
+	$(VENV)/bin/ruff check operator devstack tests experiments bench charts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile experiments/Dockerfile
@@ -92,5 +101,11 @@ lint: $(STAMP) ## ruff, mypy (operator, devstack), import contracts, hadolint, s
 	shellcheck $(SHELL_SCRIPTS)
 	@$(MAKE) --no-print-directory $(ACTIONLINT)
 	$(ACTIONLINT)
+	@# helm is built once from the Go module proxy (devstack/tools.py), like the Kubernetes binaries.
+	helm=$$($(PY) -m devstack.tools helm) \
+	  && $$helm lint --strict $(CHART) \
+	  && $$helm lint --strict $(CHART) --set-json 'watchNamespaces=["models"]' \
+	    --set serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,namespace.create=true \
+	  && $$helm template mlflow-seldon-promoter $(CHART) --namespace promoter-system --include-crds >/dev/null
 
-.PHONY: help install demo up down test test-unit test-faults test-e2e crds run deploy undeploy lint
+.PHONY: help install demo up down test test-unit test-image test-faults test-e2e crds manifests run deploy undeploy lint

@@ -1,9 +1,14 @@
-"""The S3 side: copy a model folder into the target bucket, verify it, write its manifest.
+"""The copy: a model folder into the target bucket, verified, with its manifest.
 
-The copy lands under ``<prefix>/<runId>/``. The manifest (``promotion-manifest.json``: each
-file's path, size, sha256 and ETag) is written last, after every file was read back and
-hashed, so a prefix with a manifest is a complete, verified copy; one without is not, and a
-later reconcile copies it again. A verified copy already there is reused without a write.
+The copy lands under ``<root>/<prefix>/<runId>/``. The manifest (``promotion-manifest.json``:
+the run, the source folder, and each file's path, size, sha256, ETag and the source's ETag) is
+written last, after every file was read back and hashed, so a prefix with a manifest is a
+complete, verified copy; one without is not, and a later reconcile copies it again.
+
+A copy already there is reused only when it provably holds this model: its manifest names the
+same run and source folder, and every source file's bytes match (its ETag, where that is the
+MD5 of the content on both sides, else its sha256). Any other copy at the target is a
+``CopyConflict``: never overwritten, never served.
 
 Same endpoint and same credentials: S3 CopyObject, no model bytes through the operator
 (only the read-back that hashes them). Otherwise: a streamed copy, one part at a time.
@@ -11,46 +16,24 @@ Same endpoint and same credentials: S3 CopyObject, no model bytes through the op
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol, cast
+from typing import BinaryIO, cast
 from urllib.parse import urlparse
 
-import urllib3
-from minio import Minio
-from minio.commonconfig import ComposeSource, CopySource
-from minio.error import S3Error
-
-from . import faults
-from .errors import ArtifactTampered, CredentialsProblem, ModelNotFound, Unavailable
+from . import deadline, faults
+from .errors import ArtifactTampered, CopyConflict, ModelNotFound, Unavailable
+from .store import CHUNK, MAX_PARTS, PART_SIZE, FileEntry, ObjectStore, Store, identity, part_size
 
 MANIFEST = "promotion-manifest.json"
 # 10,000 files (PROMOTER_MAX_FILES at most) with 1 KiB keys stay below this; Store.read's 4 MiB did not.
 MANIFEST_LIMIT = 16 * 1024 * 1024
-# Streamed copies hold about two parts per file in flight: 8 MiB parts keep the operator near
-# 110 MiB at the default copy concurrency whatever the model's size (16 MiB parts: ~180 MiB).
-# A file over 10,000 parts (78 GiB) gets larger parts, S3's limit.
-PART_SIZE = 8 * 1024 * 1024
-MAX_PARTS = 10_000
-CHUNK = 1024 * 1024
-COPY_OBJECT_LIMIT = 5 * 1024**3
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 Progress = Callable[[int, int, int, int], None]
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    path: str
-    size: int
-    sha256: str = ""
-    etag: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,162 +51,6 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if parsed.scheme != "s3" or not parsed.netloc:
         raise ValueError(f"not an s3:// URI: {uri}")
     return parsed.netloc, parsed.path.lstrip("/")
-
-
-class ObjectStore(Protocol):
-    """What the copy needs of an S3 endpoint reached with one set of credentials (:class:`Store`
-    over minio; an in-memory one in the unit tests). Failures come out as the operator's two
-    error kinds: ``CredentialsProblem`` when refused, ``Unavailable`` otherwise."""
-
-    endpoint: str
-    who: str  # the Secret the credentials came from, for messages
-    retry_delay: float
-
-    def same_as(self, other: ObjectStore) -> bool: ...
-    def list(self, bucket: str, prefix: str) -> dict[str, FileEntry]: ...
-    def read(self, bucket: str, key: str, limit: int = ...) -> bytes | None: ...
-    def hash(self, bucket: str, key: str, on_chunk: Callable[[int], None] | None = None) -> tuple[str, int]: ...
-    def copy_within(self, bucket: str, key: str, src_bucket: str, src_key: str, size: int) -> None: ...
-    def open(self, bucket: str, key: str) -> AbstractContextManager[BinaryIO]: ...
-    def put_stream(self, bucket: str, key: str, data: BinaryIO, size: int) -> None: ...
-    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None: ...
-
-
-class Store:
-    """One S3 endpoint with one set of credentials; ``who`` names the Secret for messages.
-    Thread-safe: one is shared by every promotion that uses the same endpoint and keys."""
-
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, who: str,
-                 timeout: float = 10.0, retry_delay: float = 10.0) -> None:
-        parsed = urlparse(endpoint)
-        self.endpoint = endpoint.rstrip("/")
-        self.who = who
-        self.retry_delay = retry_delay
-        self.identity = identity(access_key, secret_key)
-        self._http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=timeout, read=max(timeout, 60.0)),
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
-            maxsize=16,
-        )
-        self.client = Minio(parsed.netloc, access_key=access_key, secret_key=secret_key,
-                            secure=parsed.scheme == "https", region="us-east-1", http_client=self._http)
-
-    def close(self) -> None:
-        self._http.clear()
-
-    def same_as(self, other: ObjectStore) -> bool:
-        """Same endpoint and same identity: a CopyObject from one to the other works."""
-        return isinstance(other, Store) and self.endpoint == other.endpoint and self.identity == other.identity
-
-    def call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run one S3 call, turning its failures into the operator's two error kinds."""
-        try:
-            return fn()
-        except S3Error as e:
-            if e.code in _DENIED:
-                raise CredentialsProblem(self.who, f"S3 at {self.endpoint} refused it for {what} "
-                                         f"({e.code})") from None
-            if e.code == "NoSuchBucket":
-                raise Unavailable("s3", f"bucket {e.bucket_name!r} does not exist at {self.endpoint} "
-                                  "(create it)", max(self.retry_delay, 60.0)) from None
-            raise Unavailable("s3", f"S3 at {self.endpoint} answered {e.code} for {what}",
-                              self.retry_delay) from None
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise Unavailable("s3", f"cannot reach S3 at {self.endpoint} for {what}: "
-                              f"{type(e).__name__}", self.retry_delay) from None
-
-    def list(self, bucket: str, prefix: str) -> dict[str, FileEntry]:
-        prefix = prefix.rstrip("/") + "/"
-
-        def run() -> dict[str, FileEntry]:
-            return {
-                o.object_name[len(prefix):]: FileEntry(o.object_name[len(prefix):], int(o.size or 0),
-                                                       etag=(o.etag or "").strip('"'))
-                for o in self.client.list_objects(bucket, prefix=prefix, recursive=True)
-                if o.object_name and not o.is_dir
-            }
-
-        return dict(self.call(f"listing s3://{bucket}/{prefix}", run))
-
-    def read(self, bucket: str, key: str, limit: int = 4 * 1024 * 1024) -> bytes | None:
-        """A small object's bytes, or None when it does not exist."""
-
-        def run() -> bytes | None:
-            try:
-                response = self.client.get_object(bucket, key)
-            except S3Error as e:
-                if e.code in ("NoSuchKey", "NoSuchObject"):
-                    return None
-                raise
-            try:
-                return bytes(response.read(limit + 1)[:limit])
-            finally:
-                response.close()
-                response.release_conn()
-
-        result = self.call(f"reading s3://{bucket}/{key}", run)
-        return result if result is None else bytes(result)
-
-    def hash(self, bucket: str, key: str, on_chunk: Callable[[int], None] | None = None) -> tuple[str, int]:
-        def run() -> tuple[str, int]:
-            digest, size = hashlib.sha256(), 0
-            response = self.client.get_object(bucket, key)
-            try:
-                for chunk in response.stream(CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    if on_chunk:
-                        on_chunk(len(chunk))
-            finally:
-                response.close()
-                response.release_conn()
-            return digest.hexdigest(), size
-
-        result: tuple[str, int] = self.call(f"reading s3://{bucket}/{key}", run)
-        return result
-
-    def copy_within(self, bucket: str, key: str, src_bucket: str, src_key: str, size: int) -> None:
-        """A server-side copy (CopyObject; a multipart compose above S3's 5 GiB limit)."""
-        if size <= COPY_OBJECT_LIMIT:
-            source = CopySource(src_bucket, src_key)
-            self.call(f"copying {src_key}", lambda: self.client.copy_object(bucket, key, source))
-        else:
-            parts = [ComposeSource(src_bucket, src_key)]
-            self.call(f"copying {src_key}", lambda: self.client.compose_object(bucket, key, parts))
-
-    @contextlib.contextmanager
-    def open(self, bucket: str, key: str) -> Iterator[BinaryIO]:
-        response = self.call(f"reading s3://{bucket}/{key}", lambda: self.client.get_object(bucket, key))
-        try:
-            yield cast(BinaryIO, _Guarded(self, f"reading s3://{bucket}/{key}", response))
-        finally:
-            response.close()
-            response.release_conn()
-
-    def put_stream(self, bucket: str, key: str, data: BinaryIO, size: int) -> None:
-        # One part in flight per file: memory is PART_SIZE x copy concurrency, whatever the
-        # model's size (minio's default of 3 parallel parts made it grow with it).
-        self.call(f"writing s3://{bucket}/{key}", lambda: self.client.put_object(
-            bucket, key, data, size, part_size=part_size(size), num_parallel_uploads=1))
-
-    def put(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
-        self.call(f"writing s3://{bucket}/{key}", lambda: self.client.put_object(
-            bucket, key, cast(BinaryIO, _BytesReader(data)), len(data), content_type=content_type))
-
-
-def identity(access_key: str, secret_key: str) -> str:
-    """A stand-in for a key pair that is safe to keep and compare (never the keys themselves)."""
-    return hashlib.sha256(f"{access_key}\0{secret_key}".encode()).hexdigest()
-
-
-class _Guarded:
-    """A source stream whose read failures become the operator's error kinds."""
-
-    def __init__(self, store: Store, what: str, raw: Any) -> None:
-        self.store, self.what, self.raw = store, what, raw
-
-    def read(self, n: int = -1) -> bytes:
-        return bytes(self.store.call(self.what, lambda: self.raw.read(n)))
 
 
 class _HashingReader:
@@ -253,16 +80,17 @@ class ModelFolder:
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def files(self) -> dict[str, FileEntry]:
-        return self.store.list(self.bucket, self.prefix)
+    def files(self, limit: int | None = None) -> dict[str, FileEntry]:
+        return self.store.list(self.bucket, self.prefix, limit)
 
-    def read(self, path: str) -> bytes | None:
-        return self.store.read(self.bucket, f"{self.prefix}/{path}")
+    def read(self, path: str, limit: int = 4 * 1024 * 1024) -> bytes | None:
+        return self.store.read(self.bucket, f"{self.prefix}/{path}", limit)
 
 
-def locate(candidates: Iterable[tuple[ObjectStore, str]], run_id: str, model_name: str
-           ) -> tuple[ModelFolder, dict[str, FileEntry]]:
-    """The first candidate s3:// URI that holds an MLmodel; ModelNotFound naming all tried."""
+def locate(candidates: Iterable[tuple[ObjectStore, str]], run_id: str, model_name: str,
+           limit: int | None = None) -> tuple[ModelFolder, dict[str, FileEntry]]:
+    """The first candidate s3:// URI that holds an MLmodel; ModelNotFound naming all tried.
+    A listing stops one file past ``limit``."""
     tried: list[str] = []
     for store, uri in candidates:
         tried.append(uri)
@@ -273,8 +101,8 @@ def locate(candidates: Iterable[tuple[ObjectStore, str]], run_id: str, model_nam
             tried[-1] = f"{uri} (not an s3:// artifact store: run MLflow with --default-artifact-root s3://...)"
             continue
         folder = ModelFolder(store, bucket, prefix.rstrip("/"))
-        files = folder.files()
-        if "MLmodel" in files:
+        files = folder.files(limit)
+        if "MLmodel" in files or (limit is not None and len(files) > limit):
             return folder, files
     raise ModelNotFound(run_id, model_name, tried)
 
@@ -290,17 +118,36 @@ class Copier:
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    def existing(self, source_files: dict[str, FileEntry] | None = None) -> CopyResult | None:
-        """A verified copy already there, or None; ArtifactTampered when it was changed."""
+    def existing(self, source_files: dict[str, FileEntry] | None = None, source: ModelFolder | None = None,
+                 run_id: str = "") -> CopyResult | None:
+        """A verified copy already there, or None when there is none.
+
+        With ``source`` (a new generation): the copy must be of that folder and run, byte for
+        byte, else ``CopyConflict``. Without (the check of a deployed copy): the files must
+        still match the manifest, else ``ArtifactTampered``."""
         raw = self.target.read(self.bucket, self.manifest_key, MANIFEST_LIMIT)
         if raw is None:
             return None
+        wrong: type[CopyConflict] | type[ArtifactTampered] = CopyConflict if source else ArtifactTampered
         try:
             manifest = json.loads(raw)
             entries = [FileEntry(**f) for f in manifest["files"]]
         except (ValueError, KeyError, TypeError):
-            raise ArtifactTampered(self.uri, f"{MANIFEST} is not a valid manifest") from None
-        present = self.target.list(self.bucket, self.prefix)
+            raise wrong(self.uri, f"{MANIFEST} is not a valid manifest") from None
+        if source is not None and (manifest.get("runId") != run_id or manifest.get("source") != source.uri):
+            raise CopyConflict(self.uri, f"its manifest names run {str(manifest.get('runId'))[:40]!r} "
+                               f"from {str(manifest.get('source'))[:200]!r}")
+        problems = self._changed(entries)
+        if source is not None and source_files is not None:
+            problems += self._not_from(entries, source, source_files)
+        if problems:
+            raise wrong(self.uri, "; ".join(problems[:5]))
+        return CopyResult(len(entries), sum(e.size for e in entries), _digest(raw),
+                          self.manifest_key, "reused", 0)
+
+    def _changed(self, entries: list[FileEntry]) -> list[str]:
+        """How the files at the target differ from the manifest."""
+        present = self.target.list(self.bucket, self.prefix, len(entries) + 1)
         present.pop(MANIFEST, None)
         problems = []
         for entry in entries:
@@ -309,16 +156,23 @@ class Copier:
                 problems.append(f"{entry.path} is missing")
             elif found.size != entry.size or (entry.etag and found.etag != entry.etag):
                 problems.append(f"{entry.path} changed (size {found.size}, manifest says {entry.size})")
-        problems += [f"unexpected file {p}" for p in sorted(present)]
-        if source_files is not None:
-            want = {p: f.size for p, f in source_files.items()}
-            have = {e.path: e.size for e in entries}
-            if want != have:
-                problems.append("the source model's files differ from the copy")
-        if problems:
-            raise ArtifactTampered(self.uri, "; ".join(problems[:5]))
-        return CopyResult(len(entries), sum(e.size for e in entries), _digest(raw),
-                          self.manifest_key, "reused", 0)
+        return problems + [f"unexpected file {p[:200]}" for p in sorted(present)]
+
+    def _not_from(self, entries: list[FileEntry], source: ModelFolder, files: dict[str, FileEntry]) -> list[str]:
+        """How the copy's files differ from the source's, byte for byte."""
+        have = {e.path: e for e in entries}
+        if set(have) != set(files):
+            return ["the source model's files differ from the copy"]
+        problems = []
+        for path, src in sorted(files.items()):
+            entry = have[path]
+            if src.size != entry.size:
+                problems.append(f"{path} has {src.size} bytes at the source, {entry.size} in the copy")
+            elif not _same_md5(src.etag, entry.source_etag or entry.etag):
+                sha, _ = source.store.hash(source.bucket, f"{source.prefix}/{path}")
+                if sha != entry.sha256:
+                    problems.append(f"{path} holds other bytes than the source's")
+        return problems
 
     def copy(self, source: ModelFolder, files: dict[str, FileEntry], meta: dict[str, str],
              on_progress: Progress | None = None) -> CopyResult:
@@ -353,13 +207,13 @@ class Copier:
             faults.checkpoint("mid-copy", files_done)
             if on_progress:
                 on_progress(done["files"], len(files), done["bytes"], total_bytes)
-            return FileEntry(entry.path, size, sha)
+            return FileEntry(entry.path, size, sha, source_etag=entry.etag)
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             copied = list(pool.map(one, sorted(files.values(), key=lambda f: f.path)))
-        present = self.target.list(self.bucket, self.prefix)
-        entries = [FileEntry(e.path, e.size, e.sha256, present[e.path].etag if e.path in present else "")
-                   for e in copied]
+        present = self.target.list(self.bucket, self.prefix, len(copied) + 1)
+        entries = [FileEntry(e.path, e.size, e.sha256, present[e.path].etag if e.path in present else "",
+                             e.source_etag) for e in copied]
         raw = render_manifest(entries, {**meta, "source": source.uri})
         faults.checkpoint("before-manifest")
         self.target.put(self.bucket, self.manifest_key, raw, "application/json")
@@ -368,27 +222,17 @@ class Copier:
 
     def _stream(self, source: ModelFolder, src_key: str, dst_key: str, size: int,
                 tick: Callable[[int], None]) -> str:
-        with source.store.open(source.bucket, src_key) as raw:
+        # One deadline for both sides: each read of the source is progress, and a source or a
+        # target that stalls for the timeout ends the copy of this file.
+        with deadline.deadline(self.target.timeout), source.store.open(source.bucket, src_key) as raw:
             reader = _HashingReader(raw, tick)
             self.target.put_stream(self.bucket, dst_key, cast(BinaryIO, reader), size)
         return reader.digest.hexdigest()
 
 
-def part_size(size: int) -> int:
-    """PART_SIZE, or the smallest whole MiB that keeps ``size`` within MAX_PARTS parts."""
-    mib = 1024 * 1024
-    return max(PART_SIZE, -(-size // (MAX_PARTS * mib)) * mib)
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def read(self, n: int = -1) -> bytes:
-        end = len(self.data) if n < 0 else self.pos + n
-        chunk = self.data[self.pos:end]
-        self.pos += len(chunk)
-        return chunk
+def _same_md5(a: str, b: str) -> bool:
+    """Two ETags that are both the MD5 of the content (not multipart) and equal."""
+    return bool(a) and a == b and "-" not in a
 
 
 def render_manifest(entries: list[FileEntry], meta: dict[str, str]) -> bytes:
@@ -397,7 +241,8 @@ def render_manifest(entries: list[FileEntry], meta: dict[str, str]) -> bytes:
         "apiVersion": "mlops.dev/v1alpha1",
         "kind": "PromotionManifest",
         **{k: meta[k] for k in sorted(meta)},
-        "files": [{"path": e.path, "size": e.size, "sha256": e.sha256, "etag": e.etag}
+        "files": [{"path": e.path, "size": e.size, "sha256": e.sha256, "etag": e.etag,
+                   **({"source_etag": e.source_etag} if e.source_etag else {})}
                   for e in sorted(entries, key=lambda e: e.path)],
     }
     return (json.dumps(body, indent=2, sort_keys=False) + "\n").encode()
@@ -405,3 +250,7 @@ def render_manifest(entries: list[FileEntry], meta: dict[str, str]) -> bytes:
 
 def _digest(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+__all__ = ["CHUNK", "MANIFEST", "MAX_PARTS", "PART_SIZE", "Copier", "CopyResult", "FileEntry", "ModelFolder",
+           "ObjectStore", "Store", "identity", "locate", "parse_s3_uri", "part_size", "render_manifest"]

@@ -11,14 +11,17 @@ from typing import Any
 
 import yaml
 
-from . import gates, runtimes, seldon, status
+from . import gates, policy, runtimes, seldon, status
 from .artifacts import FileEntry, ModelFolder, ObjectStore, locate
 from .config import Settings
-from .errors import ModelTooLarge, RunNotFound, VersionSkew
+from .errors import IncompatibleModel, ModelTooLarge, RunNotFound, VersionSkew
 from .mlflow_source import MlflowApi, ModelLocation, ModelVersion, Run
 from .ownership import Serving
 from .spec import Compatibility, ModelPromotionSpec
 from .status import Draft, Event
+
+MLMODEL_LIMIT = 256 * 1024  # bytes of an MLmodel file; a real one is a few hundred
+SIDE_FILE_LIMIT = 64 * 1024  # bytes of python_env.yaml or requirements.txt read for their versions
 
 
 def has_baseline(spec: ModelPromotionSpec) -> bool:
@@ -69,8 +72,8 @@ def check_versions(draft: Draft, spec: ModelPromotionSpec, located: Located, set
     folder = located.folder
     model = runtimes.model_versions(
         located.mlmodel,
-        folder.read("python_env.yaml") if runtimes.PYTHON in has else None,
-        folder.read("requirements.txt") if runtimes.NUMPY in has else None)
+        folder.read("python_env.yaml", SIDE_FILE_LIMIT) if runtimes.PYTHON in has else None,
+        folder.read("requirements.txt", SIDE_FILE_LIMIT) if runtimes.NUMPY in has else None)
     skew = runtimes.compare(model, image, has)
     if not skew:
         same = runtimes.listing({lib: model[lib] for lib in runtimes.LIBRARIES if lib in model and lib in has})
@@ -90,15 +93,28 @@ def check_versions(draft: Draft, spec: ModelPromotionSpec, located: Located, set
 
 def find_model(client: MlflowApi, source: ObjectStore, run: Run, version: ModelVersion | None,
                 spec: ModelPromotionSpec, settings: Settings) -> Located:
-    """The model's folder and files, checked against the operator's bounds and the server."""
+    """The model's folder and files (a registered version's, or the run's ``modelName``): at an
+    allowed place, within the operator's bounds, and loadable by the chosen server."""
     if version is not None:
         name, candidates = f"{version.name} version {version.version}", client.version_candidates(version, run)
+        where = "spec.source.registeredModel"
     else:
         name, candidates = spec.source.model_name, client.model_candidates(run, spec.source.model_name)
-    folder, files = locate([(source, loc.uri) for loc in candidates], run.run_id, name)
-    where = "spec.source.registeredModel" if version is not None else "spec.source.modelName"
-    check_limits(files, settings, f"model {name!r} of run {run.run_id} ({where})")
-    mlmodel = yaml.safe_load(folder.read("MLmodel") or b"") or {}
+        where = "spec.source.modelName"
+    for loc in candidates:  # before a byte is read from it
+        if loc.uri.startswith("s3://"):
+            policy.artifact_source(source.endpoint, loc.uri, settings)
+    what = f"model {name!r} of run {run.run_id} ({where})"
+    folder, files = locate([(source, loc.uri) for loc in candidates], run.run_id, name, limit=settings.max_files)
+    check_limits(files, settings, what)
+    raw = folder.read("MLmodel", MLMODEL_LIMIT + 1) or b""
+    if len(raw) > MLMODEL_LIMIT:
+        raise IncompatibleModel(f"the model's MLmodel file is over {MLMODEL_LIMIT} bytes",
+                                "log the model with mlflow.<flavor>.log_model")
+    try:
+        mlmodel = yaml.safe_load(raw) or {}
+    except yaml.YAMLError:
+        mlmodel = {}
     mlmodel = mlmodel if isinstance(mlmodel, dict) else {}
     seldon.check_model_compatibility(mlmodel, list(files), spec.target.seldon_deployment.implementation,
                                      spec.target.seldon_deployment.protocol)
@@ -108,8 +124,8 @@ def find_model(client: MlflowApi, source: ObjectStore, run: Run, version: ModelV
 
 def check_limits(files: Mapping[str, FileEntry], settings: Settings, what: str) -> None:
     """Reject a model folder over the operator's bounds before a byte is copied."""
-    if len(files) > settings.max_files:
-        raise ModelTooLarge(what, len(files), "files", "PROMOTER_MAX_FILES", settings.max_files)
+    if len(files) > settings.max_files:  # listings stop one file past the limit
+        raise ModelTooLarge(what, len(files), "files", "PROMOTER_MAX_FILES", settings.max_files, more=True)
     total = sum(f.size for f in files.values())
     if total > settings.max_bytes:
         raise ModelTooLarge(what, total, "bytes", "PROMOTER_MAX_BYTES", settings.max_bytes)

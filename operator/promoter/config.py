@@ -48,11 +48,51 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float, high: 
     return _number(env, name, default, low, high, "a number of seconds")
 
 
-def _url(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name) or default
+def _url(env: Mapping[str, str], name: str, default: str, value: str | None = None) -> str:
+    value = value if value is not None else (env.get(name) or default)
     if not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{name}={value!r}: must start with http:// or https://")
+        raise ConfigError(f"{name}={_shown(value)}: must start with http:// or https://")
+    authority = value.split("://", 1)[1].split("/", 1)[0]
+    if "@" in authority or "?" in value or "#" in value:
+        # the value is logged at start-up: credentials belong in a Secret
+        raise ConfigError(f"{name}: must be a URL with no user:password@, query or fragment")
     return value.rstrip("/")
+
+
+def _shown(value: str) -> str:
+    return repr(value if "@" not in value else "<a URL with credentials>")
+
+
+def _urls(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    raw = env.get(name, "")
+    return tuple(_url(env, name, "", v.strip()) for v in raw.split(",") if v.strip()) or (default,)
+
+
+def _s3_roots(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    raw = env.get(name) or default
+    roots = []
+    for value in (v.strip() for v in raw.split(",")):
+        if not value:
+            continue
+        bucket = value.removeprefix("s3://").split("/", 1)[0]
+        if not value.startswith("s3://") or not bucket:
+            raise ConfigError(f"{name}={value!r}: each entry must be s3://bucket/ or s3://bucket/prefix/")
+        roots.append(value.rstrip("/") + "/")
+    return tuple(roots)
+
+
+def _storage_roots(env: Mapping[str, str], name: str) -> tuple[tuple[str, str, str], ...]:
+    """namespace=bucket[/prefix] entries: where that namespace's copies go."""
+    out = []
+    for entry in (e.strip() for e in env.get(name, "").split(",")):
+        if not entry:
+            continue
+        namespace, sep, where = entry.partition("=")
+        bucket, _, prefix = where.strip().strip("/").partition("/")
+        if not sep or not _LABEL_VALUE.fullmatch(namespace.strip()) or not bucket:
+            raise ConfigError(f"{name}: {entry!r} must be namespace=bucket or namespace=bucket/prefix")
+        out.append((namespace.strip(), bucket, prefix.strip("/")))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -76,6 +116,18 @@ class Settings:
     # Operators sharing a cluster: this one handles promotions labelled mlops.dev/scope=<scope>,
     # or, when empty, those without the label.
     scope: str = ""
+    # What a promotion may name (empty: only the operator's own tracking URI, storage endpoint
+    # and artifact endpoint). Credentials from a Secret go only to these.
+    allowed_tracking_uris: tuple[str, ...] = ()
+    allowed_storage_endpoints: tuple[str, ...] = ()
+    allowed_artifact_endpoints: tuple[str, ...] = ()
+    # The s3:// roots a run's model may be read from: MLflow's artifact store, never the bucket
+    # the operator copies into (a run whose artifact_uri points at another tenant's copy).
+    allowed_artifact_roots: tuple[str, ...] = ("s3://mlflow/",)
+    # (namespace, bucket, prefix): where that namespace's copies go; others under <namespace>/.
+    storage_roots: tuple[tuple[str, str, str], ...] = ()
+    # Promotions of one namespace reconciled at once (0: half the workers, at least one).
+    namespace_workers: int = 0
     # The image that serves "IMPLEMENTATION/protocol", over runtimes.SERVING_IMAGES, and what an
     # image has ({"python": "3.10", "scikit-learn": "1.5.2"}), over runtimes.IMAGE_VERSIONS.
     serving_images: Mapping[str, str] = field(default_factory=dict)
@@ -84,6 +136,22 @@ class Settings:
     @property
     def artifact_s3_endpoint(self) -> str:
         return self.artifact_endpoint or self.storage_endpoint
+
+    @property
+    def tracking_allowlist(self) -> tuple[str, ...]:
+        return self.allowed_tracking_uris or (self.tracking_uri,)
+
+    @property
+    def storage_allowlist(self) -> tuple[str, ...]:
+        return self.allowed_storage_endpoints or (self.storage_endpoint,)
+
+    @property
+    def artifact_allowlist(self) -> tuple[str, ...]:
+        return self.allowed_artifact_endpoints or (self.artifact_s3_endpoint,)
+
+    @property
+    def lane_width(self) -> int:
+        return self.namespace_workers or max(1, self.workers // 2)
 
 
 def _serving_images(env: Mapping[str, str]) -> dict[str, str]:
@@ -129,8 +197,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if scope and not _LABEL_VALUE.fullmatch(scope):
         raise ConfigError(f"PROMOTER_SCOPE={scope!r}: must be a label value (1-63 letters, digits, "
                           "'-', '_' or '.', starting and ending with a letter or digit)")
+    tracking = _url(env, "PROMOTER_TRACKING_URI", Settings.tracking_uri)
     return Settings(
-        tracking_uri=_url(env, "PROMOTER_TRACKING_URI", Settings.tracking_uri),
+        tracking_uri=tracking,
         storage_endpoint=storage,
         storage_secret=env.get("PROMOTER_STORAGE_SECRET") or Settings.storage_secret,
         artifact_endpoint=artifact,
@@ -144,6 +213,12 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_files=_int(env, "PROMOTER_MAX_FILES", Settings.max_files, 1, 10_000),
         max_bytes=_int(env, "PROMOTER_MAX_BYTES", Settings.max_bytes, 1, 5 * 1024**4),
         scope=scope,
+        allowed_tracking_uris=_urls(env, "PROMOTER_ALLOWED_TRACKING_URIS", tracking),
+        allowed_storage_endpoints=_urls(env, "PROMOTER_ALLOWED_STORAGE_ENDPOINTS", storage),
+        allowed_artifact_endpoints=_urls(env, "PROMOTER_ALLOWED_ARTIFACT_ENDPOINTS", artifact or storage),
+        allowed_artifact_roots=_s3_roots(env, "PROMOTER_ALLOWED_ARTIFACT_ROOTS", "s3://mlflow/"),
+        storage_roots=_storage_roots(env, "PROMOTER_STORAGE_ROOTS"),
+        namespace_workers=_int(env, "PROMOTER_NAMESPACE_WORKERS", 0, 0, 128),
         serving_images=_serving_images(env),
         image_versions=_image_versions(env),
     )

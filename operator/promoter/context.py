@@ -7,18 +7,20 @@ factories of in-memory fakes instead (``tests/unit/fakes.py``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .artifacts import ObjectStore, Store, identity
 from .config import Settings
 from .kube import KubeApi
 from .metrics import Metrics
 from .mlflow_source import Auth, MlflowApi, MlflowClient
 from .ownership import Ownership
+from .store import ObjectStore, Store, identity
 
 MlflowFactory = Callable[[str, Auth], MlflowApi]
 """tracking URI, credentials -> a client of that server."""
@@ -42,6 +44,29 @@ class Context:
         """The operator's context: real clients, cached by server and identity."""
         clients = Clients(settings)
         return cls(settings, kube, metrics, Ownership(kube), clients.mlflow, clients.store)
+
+
+class Lanes:
+    """At most ``width`` reconciles of one namespace at once, so that one namespace's slow or
+    stalling upstream cannot take every worker from the others. Waiting for a lane is an
+    ``await`` in kopf's event loop: it holds no thread. Use from one event loop."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self._lanes: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def lane(self, namespace: str) -> AsyncIterator[None]:
+        lane = self._lanes.setdefault(namespace, asyncio.Semaphore(self.width))
+        self._users[namespace] = self._users.get(namespace, 0) + 1
+        try:
+            async with lane:
+                yield
+        finally:
+            self._users[namespace] -= 1
+            if not self._users[namespace]:  # no one holds or waits: forget the namespace
+                del self._users[namespace], self._lanes[namespace]
 
 
 class Clients:
@@ -79,4 +104,4 @@ class Clients:
         return client
 
 
-__all__ = ["Clients", "Context", "MlflowFactory", "StoreFactory"]
+__all__ = ["Clients", "Context", "Lanes", "MlflowFactory", "StoreFactory"]

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from promoter.spec import (
+from .spec import (
     API_GROUP,
     API_VERSION,
     KIND,

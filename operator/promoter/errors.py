@@ -15,6 +15,9 @@
     │   ├── VersionSkew           model libraries differ from the image's reason VersionSkew
     │   ├── ModelTooLarge         over PROMOTER_MAX_FILES / _BYTES     reason ModelTooLarge
     │   ├── CredentialsProblem    Secret missing or lacks a key        reason CredentialsInvalid
+    │   ├── NotAllowed            outside the admin's allowlists       reason NotAllowed
+    │   ├── NotManaged            a child the operator did not make    reason NotManaged
+    │   ├── CopyConflict          another copy is at the target prefix reason CopyConflict
     │   ├── ArtifactTampered      copy does not match its manifest     reason ArtifactTampered
     │   └── RegistryRefused       MLflow refused a registry write      reason RegistryRefused
     └── Waiting                   temporary: retry after .delay seconds; .upstream names whom
@@ -28,7 +31,8 @@ never rejects it: it becomes the condition ``Recorded=False`` and is retried.
 The handlers turn ``Rejected`` into ``kopf.PermanentError`` and ``Waiting`` into
 ``kopf.TemporaryError(delay=...)``; ``.reason`` is the CamelCase word used for conditions and
 Events. Constructors take names and numbers, never secret values, and every message passes
-through :func:`redact` so a URI with ``user:password@`` in it cannot leak into status or logs.
+through :func:`redact` so a URI with ``user:password@`` in it cannot leak into status or logs,
+then :func:`clip`, so no message is longer than ``MESSAGE_LIMIT``.
 """
 
 from __future__ import annotations
@@ -36,15 +40,44 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-# userinfo in any scheme://user:pass@host URI; the password is what must never be shown.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+MESSAGE_LIMIT = 1024  # characters of a message in status, conditions and Events
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+_AUTHORITY = re.compile(r"[^/\s]*")  # from just after "://" to the path or a space: linear
 
 _UPSTREAM_NAMES = {"mlflow": "MLflow", "s3": "S3", "kubernetes": "the Kubernetes API"}
 
 
 def redact(text: str) -> str:
-    """Replace the userinfo of every URI in text with ``***``."""
-    return _USERINFO.sub(r"\g<scheme>***@", text)
+    """Replace the userinfo of every ``scheme://user:pass@host`` URI in text with ``***``.
+
+    One pass over the text (a regular expression anchored on the scheme was quadratic on long
+    text without a match, and a message can hold whatever an upstream answered)."""
+    out: list[str] = []
+    start = 0
+    while True:
+        sep = text.find("://", start)
+        if sep < 0:
+            out.append(text[start:])
+            return "".join(out)
+        host = sep + 3
+        match = _AUTHORITY.match(text, host)
+        end = match.end() if match else host
+        at = text.rfind("@", host, end)
+        if at >= 0 and sep > 0 and text[sep - 1] in _SCHEME_CHARS:
+            out.append(text[start:host])
+            out.append("***@")
+            start = at + 1
+        else:
+            out.append(text[start:end])
+            start = end
+
+
+def clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """At most ``limit`` characters; a longer text says how long it was."""
+    if len(text) <= limit:
+        return text
+    tail = f"... ({len(text)} characters)"
+    return text[: max(0, limit - len(tail))] + tail
 
 
 class PromoterError(Exception):
@@ -53,7 +86,7 @@ class PromoterError(Exception):
     reason: str = "Error"
 
     def __init__(self, message: str) -> None:
-        self.message = redact(message)
+        self.message = clip(redact(message))
         super().__init__(self.message)
 
     def __str__(self) -> str:
@@ -173,11 +206,12 @@ class ModelTooLarge(Rejected):
 
     reason = "ModelTooLarge"
 
-    def __init__(self, what: str, found: int, unit: str, setting: str, limit: int) -> None:
+    def __init__(self, what: str, found: int, unit: str, setting: str, limit: int, more: bool = False) -> None:
         self.found = found
         self.setting = setting
         self.limit = limit
-        super().__init__(f"{what} has {found} {unit}, over the operator's limit {setting}={limit}; "
+        count = f"more than {limit}" if more else str(found)  # more: the listing stopped past the limit
+        super().__init__(f"{what} has {count} {unit}, over the operator's limit {setting}={limit}; "
                          "nothing was copied (log a smaller model folder or raise the limit)")
 
 
@@ -190,6 +224,38 @@ class CredentialsProblem(Rejected):
         self.secret = secret
         self.problem = problem
         super().__init__(f"Secret {secret}: {problem}")
+
+
+class NotAllowed(Rejected):
+    """A URI or place the platform admin's settings do not allow; ``setting`` says which."""
+
+    reason = "NotAllowed"
+
+    def __init__(self, field: str, value: str, setting: str, allowed: Sequence[str]) -> None:
+        self.field, self.value, self.setting = field, value, setting
+        super().__init__(f"{field} {clip(value, 200)!r} is not allowed by the operator's settings "
+                         f"({setting}: {', '.join(allowed) or 'none'}); ask the platform admin to add it")
+
+
+class NotManaged(Rejected):
+    """An existing Secret or SeldonDeployment the operator did not make: left as it is."""
+
+    reason = "NotManaged"
+
+    def __init__(self, what: str, field: str, problem: str, fix: str) -> None:
+        self.what, self.field = what, field
+        super().__init__(f"{what} ({field}) {problem}; it is left as it is: {fix}")
+
+
+class CopyConflict(Rejected):
+    """The target prefix holds a copy of something else: never overwritten, never served."""
+
+    reason = "CopyConflict"
+
+    def __init__(self, uri: str, detail: str) -> None:
+        self.uri, self.detail = uri, detail
+        super().__init__(f"{uri} already holds a copy that is not of this model ({detail}); it is "
+                         "neither overwritten nor served: change spec.target.storage.prefix")
 
 
 class ArtifactTampered(Rejected):

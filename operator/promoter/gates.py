@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from promoter.spec import OP_SYMBOLS, Gate, GateOp, GateResult
+from .spec import OP_SYMBOLS, Gate, GateOp, GateResult
 
 NOT_LOGGED = "metric not logged on the run"
 NO_BASELINE = "NoBaseline"  # nothing serves the deployment yet

@@ -8,6 +8,9 @@ Run with ``kopf run -m promoter.handlers`` (``--all-namespaces`` or ``-n NS``).
   ``PROMOTER_DRIFT_INTERVAL`` (a paged list, then the checks one after another), not a kopf
   timer per object: a timer makes kopf put a finalizer on every promotion (two more writes each,
   and ``kubectl delete`` hangs while the operator is down) and keeps a task per object.
+- Reconciles run in a pool of ``PROMOTER_WORKERS`` threads, at most ``PROMOTER_NAMESPACE_WORKERS``
+  of one namespace at once (waiting for that is an ``await``, not a thread), so one namespace's
+  slow upstream cannot stall the others.
 - ``PROMOTER_SCOPE`` shares a cluster between operators: this one handles the promotions
   labelled ``mlops.dev/scope=<scope>`` (unset: those without the label).
 """
@@ -19,13 +22,15 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
 
 from . import drift, promotion
 from .config import SCOPE_LABEL, load
-from .context import Context
+from .context import Context, Lanes
 from .kube import Api, Kube, connection
 from .metrics import Metrics
 from .spec import API_GROUP, API_VERSION, PLURAL
@@ -64,6 +69,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     metrics = Metrics()
     metrics.serve(_settings.metrics_port)
     memo.ctx = Context.create(_settings, Kube(api, _settings.retry_delay), metrics)
+    # Reconciles run in these threads, at most lane-width of one namespace at a time.
+    memo.pool = ThreadPoolExecutor(max_workers=_settings.workers, thread_name_prefix="reconcile")
+    memo.lanes = Lanes(_settings.lane_width)
     memo.sweeper = asyncio.create_task(_sweep_forever(memo.ctx, decided), name="drift sweep")
     logger.info("settings: tracking %s, storage %s, artifact store %s, metrics port %d, drift check every %gs%s",
                 _settings.tracking_uri, _settings.storage_endpoint, _settings.artifact_s3_endpoint,
@@ -78,6 +86,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
+    pool = getattr(memo, "pool", None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @kopf.index(*RESOURCE, id="decided", labels=SCOPE)
@@ -90,24 +101,28 @@ def decided(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict
 @kopf.on.resume(*RESOURCE, id="reconcile", labels=SCOPE)
 @kopf.on.create(*RESOURCE, id="reconcile", labels=SCOPE)
 @kopf.on.update(*RESOURCE, id="reconcile", field="spec", labels=SCOPE)
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, runtime: dt.timedelta, retry: int,
-              **_: Any) -> None:
+async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, runtime: dt.timedelta, retry: int,
+                    namespace: str | None, **_: Any) -> None:
     ctx: Context = memo.ctx
-    with ctx.metrics.reconcile_seconds.time():
-        outcome = promotion.reconcile(ctx, body, runtime.total_seconds())
-    _apply(ctx, outcome, body, patch, retry)
-
-
-def _apply(ctx: Context, outcome: Outcome, body: kopf.Body, patch: kopf.Patch, retry: int) -> None:
+    async with memo.lanes.lane(namespace or ""):
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(memo.pool, _reconcile, ctx, body, runtime.total_seconds())
     if outcome.status:
         patch.status.update(outcome.status)
-    for event in outcome.events:
-        ctx.kube.post_event(body, event.type, event.reason, event.message, event.action)
     if outcome.retry is not None:
         delay = min(MAX_DELAY, outcome.retry.delay * (2 ** min(retry, 5)))
         raise kopf.TemporaryError(outcome.retry.message, delay=delay)
     if outcome.rejected is not None:
         raise kopf.PermanentError(outcome.rejected.message)
+
+
+def _reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:
+    """In a worker thread: the reconcile, and its Events."""
+    with ctx.metrics.reconcile_seconds.time():
+        outcome = promotion.reconcile(ctx, body, waited)
+    for event in outcome.events:
+        ctx.kube.post_event(body, event.type, event.reason, event.message, event.action)
+    return outcome
 
 
 async def _sweep_forever(ctx: Context, decided: kopf.Index[str | None, str]) -> None:

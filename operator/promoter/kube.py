@@ -30,6 +30,7 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from .errors import CredentialsProblem, Unavailable
+from .seldon import Merge
 
 SELDON = "/apis/machinelearning.seldon.io/v1/namespaces/{namespace}/seldondeployments"
 PROMOTIONS = "/apis/mlops.dev/v1alpha1/namespaces/{namespace}/modelpromotions"
@@ -40,8 +41,6 @@ ATTEMPTS = 5
 COMPONENT = "mlflow-seldon-promoter"  # the Events' reportingComponent and source
 log = logging.getLogger("promoter.kube")
 
-Merge = Callable[[dict[str, Any] | None], dict[str, Any] | None]
-"""existing object (None when absent) -> the object to write, or None when nothing changes."""
 
 
 class KubeApi(Protocol):

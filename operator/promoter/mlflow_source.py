@@ -1,30 +1,39 @@
 """The MLflow side: a run, its metrics, where its model's files are, and the Model Registry.
 
-Plain REST over ``requests`` with short timeouts: MLflow's own client retries for minutes, and
-inside an operator kopf's backoff does the retrying. Every request goes through
-:meth:`MlflowClient._call`, the one place that turns transport failures, 429/5xx and refused
-credentials into :class:`~promoter.errors.Unavailable`; what MLflow says back about a refusal
-reaches status only as its ``error_code``, never its body. Two model layouts are supported:
+Plain REST over ``requests``: MLflow's own client retries for minutes, and inside an operator
+kopf's backoff does the retrying. Every call has a deadline for the whole exchange
+(``PROMOTER_HTTP_TIMEOUT``) and a cap on the answer's size, and what reaches a message of an
+answer that is not a success is its status code and MLflow's ``error_code``, never its body.
+Two layouts are supported:
 
-* MLflow 3 logged models: ``runs/get`` lists ``outputs.model_outputs[].model_id``; each
-  ``logged-models/{id}`` has a ``name`` and an ``artifact_uri`` outside the run's folder, and
-  its ``data.metrics`` carry the dataset (name, digest) each metric was computed on.
+* MLflow 3 logged models: ``runs/get`` lists ``outputs.model_outputs[].model_id``; one
+  ``logged-models/search`` (by run and name) gives the model's ``artifact_uri``, outside the
+  run's folder, however many models the run logged.
 * MLflow 2: the files sit at ``<run artifact_uri>/<model name>``.
 
-A registered model version's ``source`` is ``models:/<model_id>`` (MLflow 3), ``runs:/<run>/<path>``
-or the files' own URI (MLflow 2).
+Every request, reads and registry writes alike, goes through :meth:`MlflowClient._call`. MLflow
+3.x keeps the dataset (name, digest) each metric was computed on with the metrics of the logged
+model it scores (``logged-models/{id}``); ``runs/get`` leaves it out. A registered model
+version's ``source`` is ``models:/<model_id>`` (MLflow 3), ``runs:/<run>/<path>`` or the files'
+own URI (MLflow 2). A registry write MLflow refuses with a 4xx is ``RegistryRefused``, naming
+MLflow's ``error_code`` only.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import requests
 
-from .errors import ModelVersionNotFound, RegistryRefused, RunNotFound, Unavailable
+from .deadline import HTTPAdapter, deadline
+from .errors import ModelVersionNotFound, RegistryRefused, RunNotFound, Unavailable, clip
 from .gates import Dataset
+
+ANSWER_LIMIT = 8 * 1024 * 1024  # bytes of one MLflow answer; a run's metrics and tags fit many times
+CHUNK = 64 * 1024
 
 MetricValue = float | str | None
 API = "/api/2.0/mlflow"
@@ -38,6 +47,7 @@ class Run:
     artifact_uri: str
     metrics: Mapping[str, MetricValue]
     model_ids: tuple[str, ...] = field(default_factory=tuple)
+    experiment_id: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -110,105 +120,122 @@ class MlflowClient:
         self.timeout = timeout
         self.retry_delay = retry_delay
         self.session = requests.Session()
+        self.session.mount("http://", HTTPAdapter())
+        self.session.mount("https://", HTTPAdapter())
         (auth or Auth()).apply(self.session)
 
     def close(self) -> None:
         self.session.close()
 
     def _call(self, method: str, path: str, params: Mapping[str, str] | None = None,
-              json: Mapping[str, Any] | None = None) -> requests.Response:
-        """One request to ``API + path``; outages and refused credentials raise Unavailable."""
+              body: Mapping[str, Any] | None = None) -> tuple[int, Any]:
+        """(status code, parsed JSON or None) of one call, within the deadline and the size cap;
+        429, 5xx, 401/403, no answer in time or an answer too large are ``Unavailable``."""
+        what = f"MLflow at {self.tracking_uri}"
+        with deadline(self.timeout) as watch:
+            try:
+                response = self.session.request(method, f"{self.tracking_uri}{path}", params=params, json=body,
+                                                timeout=self.timeout, stream=True, allow_redirects=False)
+                try:
+                    raw = _read(response)
+                finally:
+                    response.close()
+            except requests.RequestException as e:
+                problem = (f"{what} did not answer {path} within {self.timeout:g}s" if watch.expired
+                           else f"cannot reach {what}: {type(e).__name__}")
+                raise Unavailable("mlflow", problem, self.retry_delay) from None
+            if watch.expired:  # cut short: what was read is not the answer
+                raise Unavailable("mlflow", f"{what} did not answer {path} within {self.timeout:g}s",
+                                  self.retry_delay)
+        code = response.status_code
+        if raw is None:
+            raise Unavailable("mlflow", f"{what} answered {path} with more than {ANSWER_LIMIT} bytes",
+                              self.retry_delay)
         try:
-            response = self.session.request(method, f"{self.tracking_uri}{API}/{path}", params=params, json=json,
-                                            timeout=self.timeout)
-        except requests.RequestException as e:
-            raise Unavailable("mlflow", f"cannot reach MLflow at {self.tracking_uri}: "
-                              f"{type(e).__name__}", self.retry_delay) from None
-        if response.status_code == 429 or response.status_code >= 500:
-            raise Unavailable("mlflow", f"MLflow at {self.tracking_uri} answered "
-                              f"{response.status_code} to {path}", self.retry_delay)
-        if response.status_code in (401, 403):
-            raise Unavailable("mlflow", f"MLflow at {self.tracking_uri} refused the credentials "
-                              f"({response.status_code}) for {path}", self.retry_delay)
-        return response
-
-    def _json(self, response: requests.Response, path: str) -> dict[str, Any]:
-        if response.status_code != 200:
-            raise Unavailable("mlflow", f"MLflow at {self.tracking_uri} answered {response.status_code} "
-                              f"({error_code(response)}) to {path}", self.retry_delay)
-        try:
-            body = response.json()
+            payload = json.loads(raw) if raw else None
         except ValueError:
-            raise Unavailable("mlflow", f"MLflow at {self.tracking_uri} answered {path} with something "
-                              "that is not JSON", self.retry_delay) from None
-        return body if isinstance(body, dict) else {}
+            payload = None
+        if code == 429 or code >= 500:
+            raise Unavailable("mlflow", f"{what} answered {code}{_error_code(payload)} to {path}", self.retry_delay)
+        if code in (401, 403):
+            raise Unavailable("mlflow", f"{what} refused the credentials ({code}) for {path}", self.retry_delay)
+        return code, payload
 
-    def _write(self, method: str, path: str, body: Mapping[str, Any], what: str) -> dict[str, Any]:
-        """A registry write; a 4xx is MLflow refusing it (RegistryRefused names its error_code)."""
-        response = self._call(method, path, json=body)
-        if 400 <= response.status_code < 500:
-            raise RegistryRefused(self.tracking_uri, what, response.status_code, error_code(response))
-        return self._json(response, path)
-
-    # --- runs and logged models -----------------------------------------------------------
+    def _ok(self, path: str, code: int, payload: Any) -> Mapping[str, Any]:
+        if code != 200 or not isinstance(payload, Mapping):
+            raise Unavailable("mlflow", f"MLflow at {self.tracking_uri} answered {code} to {path}"
+                              f"{_error_code(payload)}", self.retry_delay)
+        return payload
 
     def get_run(self, run_id: str) -> Run:
-        response = self._call("GET", "runs/get", {"run_id": run_id})
-        if response.status_code in (400, 404):
+        path = "/api/2.0/mlflow/runs/get"
+        code, payload = self._call("GET", path, {"run_id": run_id})
+        if code in (400, 404):
             raise RunNotFound(run_id, self.tracking_uri)
-        return parse_run(self._json(response, "runs/get"))
-
-    def logged_model(self, model_id: str) -> Mapping[str, Any] | None:
-        """``logged-models/{id}``: the model's ``info`` and ``data``; None when there is none."""
-        response = self._call("GET", f"logged-models/{model_id}")
-        if response.status_code == 404:
-            return None
-        model = self._json(response, "logged-models").get("model")
-        return model if isinstance(model, dict) else None
+        return parse_run(self._ok(path, code, payload))
 
     def model_candidates(self, run: Run, model_name: str) -> list[ModelLocation]:
         """Where the model may be, best first: the MLflow 3 logged model, then the MLflow 2 path."""
         found: list[ModelLocation] = []
-        for model_id in run.model_ids:
-            info = _info(self.logged_model(model_id))
-            if info.get("name") == model_name and info.get("artifact_uri"):
-                found.append(ModelLocation(str(info["artifact_uri"]).rstrip("/"), "logged-model", model_id))
+        if run.model_ids and run.experiment_id:
+            path = "/api/2.0/mlflow/logged-models/search"
+            name = model_name.replace("'", "")  # the spec's pattern allows none; the filter is MLflow's syntax
+            code, payload = self._call("POST", path, body={
+                "experiment_ids": [run.experiment_id], "max_results": 10,
+                "filter": f"source_run_id = '{run.run_id}' AND name = '{name}'"})
+            if code != 404:  # an MLflow 2 server has no logged models
+                for model in self._ok(path, code, payload).get("models") or []:
+                    info = (model or {}).get("info") or {}
+                    if info.get("name") == model_name and info.get("artifact_uri") and \
+                            info.get("model_id") in run.model_ids:
+                        found.append(ModelLocation(str(info["artifact_uri"]).rstrip("/"), "logged-model",
+                                                   str(info["model_id"])))
         found.append(ModelLocation(f"{run.artifact_uri.rstrip('/')}/{model_name}", "run-artifacts"))
         return found
 
+    def logged_model(self, model_id: str) -> Mapping[str, Any] | None:
+        """``logged-models/{id}``: the model's ``info`` and ``data``; None when there is none."""
+        path = f"{API}/logged-models/{model_id}"
+        code, payload = self._call("GET", path)
+        if code == 404:
+            return None
+        model = self._ok(path, code, payload).get("model")
+        return model if isinstance(model, Mapping) else None
+
     def metric_datasets(self, run: Run) -> dict[str, Dataset]:
-        """metric -> the dataset it was computed on, from the run's logged models (MLflow 3.x
-        keeps the dataset on a model's metrics; ``runs/get`` leaves it out)."""
+        """metric -> the dataset it was computed on, from the run's logged models."""
         found: dict[str, Dataset] = {}
         for model_id in run.model_ids:
             data = (self.logged_model(model_id) or {}).get("data") or {}
             for metric in data.get("metrics") or []:
-                if isinstance(metric, dict) and metric.get("dataset_digest") and metric.get("key") not in found:
-                    found[str(metric["key"])] = Dataset(str(metric.get("dataset_name", "")),
-                                                        str(metric["dataset_digest"]))
+                if isinstance(metric, Mapping) and metric.get("dataset_digest") and metric.get("key") not in found:
+                    found[str(metric["key"])] = Dataset(clip(str(metric.get("dataset_name", "")), 256),
+                                                        clip(str(metric["dataset_digest"]), 64))
         return found
 
     # --- the registry: reads ---------------------------------------------------------------
 
     def model_version(self, name: str, version: str) -> ModelVersion:
-        response = self._call("GET", "model-versions/get", {"name": name, "version": version})
-        if response.status_code in (400, 404):
-            raise ModelVersionNotFound(name, self.tracking_uri, version=version, code=error_code(response))
-        return parse_version(self._json(response, "model-versions/get").get("model_version"))
+        return self._version("model-versions/get", name, version=version)
 
     def version_by_alias(self, name: str, alias: str) -> ModelVersion:
-        response = self._call("GET", "registered-models/alias", {"name": name, "alias": alias})
-        if response.status_code in (400, 404):
-            raise ModelVersionNotFound(name, self.tracking_uri, alias=alias, code=error_code(response))
-        return parse_version(self._json(response, "registered-models/alias").get("model_version"))
+        return self._version("registered-models/alias", name, alias=alias)
+
+    def _version(self, endpoint: str, name: str, version: str = "", alias: str = "") -> ModelVersion:
+        path = f"{API}/{endpoint}"
+        which = {"version": version} if version else {"alias": alias}
+        code, payload = self._call("GET", path, {"name": name, **which})
+        if code in (400, 404):
+            raise ModelVersionNotFound(name, self.tracking_uri, version=version, alias=alias, code=error_code(payload))
+        return parse_version(self._ok(path, code, payload).get("model_version"))
 
     def version_candidates(self, version: ModelVersion, run: Run) -> list[ModelLocation]:
         """Where a registered version's files are: its logged model, its runs:/ path or its
         source URI as given."""
         if version.model_id:
-            info = _info(self.logged_model(version.model_id))
-            return [ModelLocation(str(info["artifact_uri"]).rstrip("/"), "logged-model", version.model_id)] \
-                if info.get("artifact_uri") else []
+            info = (self.logged_model(version.model_id) or {}).get("info") or {}
+            uri = str(info.get("artifact_uri") or "").rstrip("/")
+            return [ModelLocation(uri, "logged-model", version.model_id)] if uri else []
         if version.source.startswith("runs:/"):
             _, _, path = version.source.removeprefix("runs:/").partition("/")
             return [ModelLocation(f"{run.artifact_uri.rstrip('/')}/{path.strip('/')}", "run-artifacts")]
@@ -216,26 +243,38 @@ class MlflowClient:
 
     def find_versions(self, name: str, run_id: str = "", tag: tuple[str, str] | None = None) -> list[ModelVersion]:
         """Versions of ``name`` registered from ``run_id`` and/or carrying ``tag`` (key, value)."""
-        terms = [f"name = '{name}'"]  # names and tag values are checked: no quotes in them
+        terms = [f"name = '{name}'"]  # names, run ids and tag values are checked: no quotes in them
         if run_id:
             terms.append(f"run_id = '{run_id}'")
         if tag:
             terms.append(f"tags.`{tag[0]}` = '{tag[1]}'")
-        response = self._call("GET", "model-versions/search", {"filter": " and ".join(terms), "max_results": "100"})
-        if 400 <= response.status_code < 500:
-            raise RegistryRefused(self.tracking_uri, f"searching the versions of {name!r}", response.status_code,
-                                  error_code(response))
-        found = self._json(response, "model-versions/search").get("model_versions") or []
-        return [parse_version(v) for v in found if isinstance(v, dict)]
+        path = f"{API}/model-versions/search"
+        code, payload = self._call("GET", path, {"filter": " and ".join(terms), "max_results": "100"})
+        if 400 <= code < 500:
+            raise RegistryRefused(self.tracking_uri, f"searching the versions of {name!r}", code, error_code(payload))
+        found = self._ok(path, code, payload).get("model_versions") or []
+        return [parse_version(v) for v in found if isinstance(v, Mapping)]
 
     # --- the registry: writes --------------------------------------------------------------
 
+    def _write(self, method: str, endpoint: str, body: Mapping[str, Any], what: str,
+               absent_is_fine: bool = False) -> Mapping[str, Any]:
+        """A registry write; a 4xx is MLflow refusing it (RESOURCE_DOES_NOT_EXIST is what was
+        asked for when ``absent_is_fine``: a tag already gone)."""
+        path = f"{API}/{endpoint}"
+        code, payload = self._call(method, path, body=body)
+        if absent_is_fine and code == 404:
+            return {}
+        if 400 <= code < 500:
+            raise RegistryRefused(self.tracking_uri, what, code, error_code(payload))
+        return self._ok(path, code, payload)
+
     def register(self, name: str, run: Run, location: ModelLocation) -> ModelVersion:
         """A new version of ``name`` (created when missing) from the run's model."""
-        response = self._call("POST", "registered-models/create", json={"name": name})
-        if 400 <= response.status_code < 500 and error_code(response) != "RESOURCE_ALREADY_EXISTS":
-            raise RegistryRefused(self.tracking_uri, f"creating registered model {name!r}", response.status_code,
-                                  error_code(response))
+        path = f"{API}/registered-models/create"
+        code, payload = self._call("POST", path, body={"name": name})
+        if 400 <= code < 500 and error_code(payload) != "RESOURCE_ALREADY_EXISTS":
+            raise RegistryRefused(self.tracking_uri, f"creating registered model {name!r}", code, error_code(payload))
         body: dict[str, Any] = {"name": name, "run_id": run.run_id,
                                 "source": f"models:/{location.model_id}" if location.model_id else location.uri}
         if location.model_id:
@@ -252,10 +291,8 @@ class MlflowClient:
                     f"tagging {name!r} version {version}")
 
     def delete_version_tag(self, name: str, version: str, key: str) -> None:
-        response = self._call("DELETE", "model-versions/delete-tag", json={"name": name, "version": version,
-                                                                            "key": key})
-        if response.status_code != 404:  # already gone: that is what was asked
-            self._ok(response, f"untagging {name!r} version {version}")
+        self._write("DELETE", "model-versions/delete-tag", {"name": name, "version": version, "key": key},
+                    f"untagging {name!r} version {version}", absent_is_fine=True)
 
     def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         self._write("POST", "runs/log-batch", {"run_id": run_id, "tags": [{"key": k, "value": v}
@@ -263,30 +300,30 @@ class MlflowClient:
                     f"tagging run {run_id}")
 
     def delete_run_tag(self, run_id: str, key: str) -> None:
-        response = self._call("POST", "runs/delete-tag", json={"run_id": run_id, "key": key})
-        if response.status_code != 404 and error_code(response) != "RESOURCE_DOES_NOT_EXIST":
-            self._ok(response, f"untagging run {run_id}")
-
-    def _ok(self, response: requests.Response, what: str) -> None:
-        if 400 <= response.status_code < 500:
-            raise RegistryRefused(self.tracking_uri, what, response.status_code, error_code(response))
-        self._json(response, what)
+        self._write("POST", "runs/delete-tag", {"run_id": run_id, "key": key}, f"untagging run {run_id}",
+                    absent_is_fine=True)
 
 
-def error_code(response: requests.Response) -> str:
-    """MLflow's ``error_code`` (e.g. RESOURCE_DOES_NOT_EXIST), the only part of an error body the
-    operator repeats: a word of capitals, or ``"-"``."""
-    try:
-        code = response.json().get("error_code", "")
-    except (ValueError, AttributeError):
-        return "-"
-    text = str(code)[:64]
-    return text if text.replace("_", "").isalnum() and text.isupper() else "-"
+def _read(response: requests.Response) -> bytes | None:
+    """The body, or None when it is over ANSWER_LIMIT (the rest is not read)."""
+    out = bytearray()
+    for chunk in response.iter_content(CHUNK):
+        out += chunk
+        if len(out) > ANSWER_LIMIT:
+            return None
+    return bytes(out)
 
 
-def _info(model: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    info = (model or {}).get("info")
-    return info if isinstance(info, dict) else {}
+def error_code(payload: Any) -> str:
+    """MLflow's error_code (e.g. RESOURCE_DOES_NOT_EXIST), the one part of an error answer the
+    operator repeats: a word of capitals, or "-"."""
+    code = str(payload.get("error_code") or "") if isinstance(payload, Mapping) else ""
+    return code if code and len(code) <= 64 and code.replace("_", "").isalnum() and code.isupper() else "-"
+
+
+def _error_code(payload: Any) -> str:
+    code = error_code(payload)
+    return f" ({code})" if code != "-" else ""
 
 
 def parse_run(payload: Mapping[str, Any]) -> Run:
@@ -298,8 +335,9 @@ def parse_run(payload: Mapping[str, Any]) -> Run:
     outputs = run.get("outputs", {}) or {}
     model_ids = tuple(str(o["model_id"]) for o in outputs.get("model_outputs", []) or [] if o.get("model_id"))
     tags = {str(t.get("key")): str(t.get("value", "")) for t in run.get("data", {}).get("tags", []) or []
-            if isinstance(t, dict)}
+            if isinstance(t, Mapping)}
     return Run(
+        experiment_id=str(info.get("experiment_id") or ""),
         run_id=str(info.get("run_id") or info.get("run_uuid") or ""),
         status=str(info.get("status", "")),
         lifecycle_stage=str(info.get("lifecycle_stage", "active")),
@@ -311,7 +349,7 @@ def parse_run(payload: Mapping[str, Any]) -> Run:
 
 
 def parse_version(payload: Any) -> ModelVersion:
-    mv = payload if isinstance(payload, dict) else {}
-    tags = {str(t.get("key")): str(t.get("value", "")) for t in mv.get("tags") or [] if isinstance(t, dict)}
+    mv = payload if isinstance(payload, Mapping) else {}
+    tags = {str(t.get("key")): str(t.get("value", "")) for t in mv.get("tags") or [] if isinstance(t, Mapping)}
     return ModelVersion(name=str(mv.get("name", "")), version=str(mv.get("version", "")),
                         run_id=str(mv.get("run_id") or ""), source=str(mv.get("source") or ""), tags=tags)

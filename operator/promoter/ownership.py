@@ -46,7 +46,7 @@ from .status import Draft
 if TYPE_CHECKING:
     from .kube import KubeApi
 
-PROMOTION_ANNOTATION = "mlops.dev/promotion"
+PROMOTION_ANNOTATION = seldon.PROMOTION_ANNOTATION
 RUN_ANNOTATION = "mlops.dev/run-id"
 log = logging.getLogger("promoter.ownership")
 
@@ -132,7 +132,9 @@ class Ownership:
                     raise ServingChanged(deployment, judged.run_id, now)
                 return seldon.merge_owned(have, desired)
 
-            written = self.kube.ensure_seldon(namespace, deployment, merge) != "unchanged"
+            guarded = seldon.guarded(f"SeldonDeployment {namespace}/{deployment}",
+                                     "spec.target.seldonDeployment.name", merge)
+            written = self.kube.ensure_seldon(namespace, deployment, guarded) != "unchanged"
             faults.checkpoint("after-seldon")
             served = self._served.get((namespace, deployment))
             self._report(namespace, deployment, name, final)
@@ -206,7 +208,9 @@ class Check:
             owner[0] = named_by(have) or name if have is not None else name
             return seldon.merge_owned(have, desired) if owner[0] == name else None
 
-        written = self._ownership.kube.ensure_seldon(self.namespace, self.deployment, merge) != "unchanged"
+        guarded = seldon.guarded(f"SeldonDeployment {self.namespace}/{self.deployment}",
+                                 "spec.target.seldonDeployment.name", merge)
+        written = self._ownership.kube.ensure_seldon(self.namespace, self.deployment, guarded) != "unchanged"
         return written, owner[0]
 
     def report(self, name: str, draft: Draft) -> None:

@@ -11,17 +11,20 @@ reused), sets ``spec.registry.alias`` on the version, tags the version and its r
 ``mlops.dev/promoted-by=<namespace>/<promotion>`` and ``mlops.dev/serving=<namespace>/<deployment>``,
 and takes ``mlops.dev/serving`` off the version that carried it for the deployment before (and off
 its run, when the run's tag still names this deployment: a run may serve another one). Every step
-is idempotent. A failure never touches serving: the caller turns it into
-``Recorded=False`` and retries.
+is idempotent. A failure never touches serving: :func:`record_outcome` turns it into
+``Recorded=False`` and a retry, and the check (``record_again``) tries again until it succeeds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import RunNotFound
+from . import credentials, policy, status
+from .context import Context
+from .errors import Rejected, RunNotFound, Unavailable, Waiting
 from .mlflow_source import MlflowApi, ModelLocation, ModelVersion, Run
 from .spec import ModelPromotionSpec, ModelVersionRef
+from .status import Draft, Event, Outcome
 
 PROMOTED_BY_TAG = "mlops.dev/promoted-by"
 SERVING_TAG = "mlops.dev/serving"
@@ -103,4 +106,40 @@ def _registered(client: MlflowApi, model: str, model_name: str, run_id: str, run
     return client.register(model, run, location).version, f" (registered from run {run_id})"
 
 
-__all__ = ["PROMOTED_BY_TAG", "SERVING_TAG", "Recorded", "record", "resolve"]
+def record_outcome(ctx: Context, client: MlflowApi, namespace: str, name: str, spec: ModelPromotionSpec,
+                   draft: Draft, run: Run | None = None, location: ModelLocation | None = None) -> Outcome:
+    """:func:`record`, its outcome in ``draft`` (Recorded=True, or False with the problem and a
+    retry: never a change to serving or to the phase) and the Events it is worth."""
+    try:
+        done = record(client, spec, namespace, name, str(draft.model.run_id), draft.model.model_version, run,
+                      location)
+    except (Rejected, Waiting) as e:
+        if isinstance(e, Unavailable):
+            ctx.metrics.upstream_error(e.upstream)
+        news = status.unrecorded(draft, e)
+        again = e if isinstance(e, Waiting) else Waiting(e.message, "mlflow", max(ctx.settings.retry_delay, 30.0))
+        return Outcome(events=[Event("Warning", "NotRecorded", e.message, "Record")] if news else [], retry=again)
+    if draft.model.model_version is None or draft.model.model_version.name != done.version.name:
+        draft.model.model_version = done.version
+    failed_before = draft.reason_of(status.RECORDED) not in (None, status.RECORDED)
+    status.recorded(draft, done.message)
+    # the condition says it; an Event (an API request) only when it ends a NotRecorded
+    return Outcome(events=[Event("Normal", status.RECORDED, done.message, "Record")] if failed_before else [])
+
+
+def record_again(ctx: Context, namespace: str, name: str, spec: ModelPromotionSpec, draft: Draft) -> Outcome:
+    """From the check of a serving promotion the registry does not record yet (MLflow was down,
+    the operator stopped in between, or a takeover it waited behind failed): try again."""
+    if spec.registry is None or not status.record_due(draft):
+        return Outcome()
+    try:
+        tracking = policy.tracking_uri(spec.source.tracking_uri, ctx.settings)
+        env = credentials.data(ctx, namespace, spec.source.credentials_secret_ref, "spec.source.credentialsSecretRef")
+    except Rejected as e:
+        news = status.unrecorded(draft, e)
+        return Outcome(events=[Event("Warning", "NotRecorded", e.message, "Check")] if news else [],
+                       retry=Waiting(e.message, "check", max(ctx.settings.retry_delay, 30.0)))
+    return record_outcome(ctx, ctx.mlflow(tracking, credentials.mlflow_auth(env)), namespace, name, spec, draft)
+
+
+__all__ = ["PROMOTED_BY_TAG", "SERVING_TAG", "Recorded", "record", "record_again", "record_outcome", "resolve"]

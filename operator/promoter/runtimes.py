@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from promoter.spec import Implementation, Protocol
+from .spec import Implementation, Protocol
 
 PYTHON, SKLEARN, NUMPY = "python", "scikit-learn", "numpy"
 LIBRARIES = (SKLEARN, PYTHON, NUMPY)  # in the order messages name them

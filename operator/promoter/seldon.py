@@ -9,14 +9,25 @@ added, other predictors) alone.
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from promoter.errors import IncompatibleModel
-from promoter.spec import Implementation, Protocol, SeldonTarget
+from .errors import IncompatibleModel, NotManaged
+from .spec import Implementation, Protocol, SeldonTarget
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "mlflow-seldon-promoter"
+# On every child the operator makes: <namespace>/<name>/<uid> of the promotion that last wrote
+# it. With the label, it is how the operator knows a child is its own to change.
+OWNER_ANNOTATION = "mlops.dev/owner"
+# On a SeldonDeployment: the promotion that serves it (promoter.ownership owns that fact).
+PROMOTION_ANNOTATION = "mlops.dev/promotion"
+# Set by someone who may write the object: hands an existing Secret or SeldonDeployment to the
+# operator, which otherwise never changes what it did not make.
+ADOPT_ANNOTATION = "mlops.dev/adopt"
+ADOPT = f"annotate it {ADOPT_ANNOTATION}=true to hand it to the operator"
+Merge = Callable[[dict[str, Any] | None], dict[str, Any] | None]
+"""existing object (None when absent) -> the object to write, or None when nothing changes."""
 
 SELDON_API_VERSION = "machinelearning.seldon.io/v1"
 GRAPH_NODE_NAME = "model"
@@ -41,16 +52,61 @@ CLOUDPICKLE_FIX = (
 
 
 def _labels() -> dict[str, str]:
-    # The label is how the operator recognises its children.
     return {MANAGED_BY_LABEL: MANAGED_BY}
 
 
-def render_rclone_secret(name: str, namespace: str, endpoint: str, access_key: str, secret_key: str) -> dict[str, Any]:
+def owner(namespace: str, name: str, uid: str) -> str:
+    """The OWNER_ANNOTATION value for promotion namespace/name with that uid."""
+    return f"{namespace}/{name}/{uid}"
+
+
+def managed(obj: Mapping[str, Any]) -> bool:
+    """The operator made ``obj`` (its label, and an owner annotation from its own namespace), or
+    whoever may write it marked it for adoption. A child made before owner annotations existed
+    is recognised by the label and what only the operator puts there (a SeldonDeployment's
+    promotion annotation, an rclone Secret's keys); its next write adds the annotation."""
+    meta = obj.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if str(annotations.get(ADOPT_ANNOTATION, "")).lower() == "true":
+        return True
+    if (meta.get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
+        return False
+    if OWNER_ANNOTATION in annotations:
+        return str(annotations[OWNER_ANNOTATION]).split("/")[0] == meta.get("namespace")
+    return PROMOTION_ANNOTATION in annotations or set(RCLONE_KEYS) <= set(obj.get("data") or {})
+
+
+def guarded(what: str, field: str, merge: Merge, secret: bool = False) -> Merge:
+    """``merge``, refusing an existing object the operator may not change.
+
+    The operator changes only what it made: a child carries the managed-by label and an owner
+    annotation naming the promotion that last wrote it, or whoever may write it marked it for
+    adoption (``mlops.dev/adopt: "true"``). An existing Secret or SeldonDeployment without that,
+    or a Secret that is not ``Opaque``, is ``NotManaged``: left as it is, so no credential lands
+    in a Secret of a tenant's choosing and no platform-owned deployment is repointed."""
+
+    def guard(existing: dict[str, Any] | None) -> dict[str, Any] | None:
+        if existing is not None:
+            kind = existing.get("type") or "Opaque"
+            if secret and kind != "Opaque":
+                raise NotManaged(what, field, f"is of type {kind}", "the operator writes only Opaque Secrets; "
+                                 "name another one")
+            if not managed(existing):
+                raise NotManaged(what, field, "exists and was not made by the operator",
+                                 f"name another one, or {ADOPT}")
+        return merge(existing)
+
+    return guard
+
+
+def render_rclone_secret(name: str, namespace: str, endpoint: str, access_key: str, secret_key: str,
+                         owned_by: str) -> dict[str, Any]:
     """The Secret named by the graph's envSecretRefName; stringData, so it patches cleanly."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace, "labels": _labels()},
+        "metadata": {"name": name, "namespace": namespace, "labels": _labels(),
+                     "annotations": {OWNER_ANNOTATION: owned_by}},
         "type": "Opaque",
         "stringData": {
             "RCLONE_CONFIG_S3_TYPE": "s3",
@@ -64,7 +120,7 @@ def render_rclone_secret(name: str, namespace: str, endpoint: str, access_key: s
 
 
 def render_seldon_deployment(
-    target: SeldonTarget, namespace: str, model_uri: str, annotations: Mapping[str, str]
+    target: SeldonTarget, namespace: str, model_uri: str, annotations: Mapping[str, str], owned_by: str
 ) -> dict[str, Any]:
     """A one-predictor, one-node SeldonDeployment serving model_uri."""
     graph = {
@@ -81,7 +137,7 @@ def render_seldon_deployment(
             "name": target.name,
             "namespace": namespace,
             "labels": _labels(),
-            "annotations": dict(annotations),
+            "annotations": {**annotations, OWNER_ANNOTATION: owned_by},
         },
         "spec": {
             "protocol": target.protocol.value,
@@ -226,7 +282,12 @@ def check_model_compatibility(
 
 
 __all__ = [
+    "ADOPT_ANNOTATION",
     "CLOUDPICKLE_FIX",
+    "OWNER_ANNOTATION",
+    "PROMOTION_ANNOTATION",
+    "managed",
+    "owner",
     "GRAPH_NODE_NAME",
     "MANAGED_BY",
     "MANAGED_BY_LABEL",
@@ -235,6 +296,7 @@ __all__ = [
     "SELDON_API_VERSION",
     "SELDON_SKLEARN_FILES",
     "check_model_compatibility",
+    "guarded",
     "merge_owned",
     "render_rclone_secret",
     "render_seldon_deployment",

@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from promoter.errors import InvalidSpec
+from .errors import InvalidSpec
 
 API_GROUP = "mlops.dev"
 API_VERSION = "v1alpha1"
@@ -34,8 +34,9 @@ PLURAL = "modelpromotions"
 RUN_ID_PATTERN = r"^[0-9a-f]{32}$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-# No user:password@ in the authority: credentials belong in a Secret, never in the spec.
-TRACKING_URI_PATTERN = r"^https?://[^\s/?#@]+(/\S*)?$"
+# No user:password@ in the authority (credentials belong in a Secret, never in the spec), and no
+# query or fragment: they would change which API path the operator calls.
+TRACKING_URI_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
 # An S3 endpoint is scheme://host[:port]; a path there is a mistake the S3 client would hide.
 ENDPOINT_PATTERN = r"^https?://[^\s/?#@]+/?$"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -54,7 +55,7 @@ _PATTERN_MEANING = {
     "starting and ending with a letter or digit)",
     DNS_SUBDOMAIN_PATTERN: "must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', "
     "starting and ending with a letter or digit)",
-    TRACKING_URI_PATTERN: "must be an http:// or https:// URL with no user:password@ "
+    TRACKING_URI_PATTERN: "must be an http:// or https:// URL with no user:password@, query or fragment "
     "(put credentials in the Secret named by credentialsSecretRef)",
     ENDPOINT_PATTERN: "must be http(s)://host[:port] with no path and no user:password@",
     MODEL_NAME_PATTERN: f"must match {MODEL_NAME_PATTERN}",
@@ -605,19 +606,20 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelPromotionSpec:
         raise InvalidSpec(_path(first), _problem(first)) from None
 
 
-def model_uri(spec: ModelPromotionSpec, run_id: str | None = None) -> str:
-    """Where Seldon loads the model from: s3://bucket/prefix/runId (no trailing slash).
+def model_uri(spec: ModelPromotionSpec, root: str = "", run_id: str | None = None) -> str:
+    """Where Seldon loads the model from: s3://bucket/root/prefix/runId (no trailing slash).
     ``run_id``: the run a registeredModel source resolved to (a runId source names its own)."""
-    return f"s3://{spec.target.storage.bucket}/{object_prefix(spec, run_id).rstrip('/')}"
+    return f"s3://{spec.target.storage.bucket}/{object_prefix(spec, root, run_id).rstrip('/')}"
 
 
-def object_prefix(spec: ModelPromotionSpec, run_id: str | None = None) -> str:
-    """The object key prefix of the copy, ending in "/"; named by the run so copies never mix."""
+def object_prefix(spec: ModelPromotionSpec, root: str = "", run_id: str | None = None) -> str:
+    """The object key prefix of the copy, ending in "/": under ``root`` (the namespace's part of
+    the bucket, ``policy.copy_root``), named by the run so copies never mix."""
     run = run_id or spec.source.run_id
     if not run:
         raise ValueError("a registeredModel source has no run until it is resolved: pass run_id")
-    prefix = spec.target.storage.prefix
-    return f"{prefix}/{run}/" if prefix else f"{run}/"
+    parts = [p for p in (root.strip("/"), spec.target.storage.prefix, run) if p]
+    return "/".join(parts) + "/"
 
 
 # -- status ----------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from promoter.errors import ArtifactTampered, PromoterError, Rejected, Waiting
-from promoter.spec import Condition, Phase, PromotionStatus, set_condition
+from .errors import ArtifactTampered, PromoterError, Rejected, Waiting, clip
+from .spec import Condition, Phase, PromotionStatus, set_condition
 
 DEGRADED = "Degraded"
 RECORDED = "Recorded"
@@ -86,7 +86,7 @@ class Draft:
                   message: str = "") -> None:
         self.model.conditions = set_condition(
             self.model.conditions,
-            Condition(type=type_, status=status, reason=reason, message=message,
+            Condition(type=type_, status=status, reason=reason, message=clip(message),
                       observed_generation=self.generation),
             now(),
         )
@@ -112,6 +112,10 @@ class Draft:
                 out[key] = None
         return out
 
+    def say(self, message: str) -> None:
+        """The status message, at most errors.MESSAGE_LIMIT characters."""
+        self.model.message = clip(message)
+
     def patch(self) -> dict[str, Any]:
         """The merge patch writing this status whole, or ``{}`` when nothing changed. Whole, so
         that a field another writer patched since the status was read cannot stay behind."""
@@ -135,7 +139,8 @@ def _attribute(key: str) -> str:
 def rejected(draft: Draft, e: Rejected) -> Phase:
     """Rejected (Failed for a copy that no longer matches its manifest); returns the phase."""
     phase = Phase.FAILED if isinstance(e, ArtifactTampered) else Phase.REJECTED
-    draft.model.phase, draft.model.message = phase, e.message
+    draft.model.phase = phase
+    draft.say(e.message)
     draft.model.observed_generation = draft.generation
     draft.unset("progress")
     draft.condition("Ready", "False", e.reason, e.message)
@@ -148,7 +153,7 @@ def waiting(draft: Draft, e: Waiting) -> bool:
     """Reconciling=True with what is waited for; True when that is news (an Event is due)."""
     news = not any(c.type == "Reconciling" and c.status == "True" and c.reason == e.reason
                    for c in draft.model.conditions)
-    draft.model.message = e.message
+    draft.say(e.message)
     draft.condition("Ready", "False", e.reason, e.message)
     draft.condition("Reconciling", "True", e.reason, e.message)
     draft.condition("Stalled", "False", e.reason)
@@ -156,7 +161,8 @@ def waiting(draft: Draft, e: Waiting) -> bool:
 
 
 def promoted(draft: Draft, message: str, deployed: str) -> None:
-    draft.model.phase, draft.model.message = Phase.PROMOTED, message
+    draft.model.phase = Phase.PROMOTED
+    draft.say(message)
     draft.model.observed_generation = draft.generation
     draft.unset("progress", "supersededBy")
     draft.condition("Deployed", "True", "Deployed", deployed)
@@ -167,7 +173,8 @@ def promoted(draft: Draft, message: str, deployed: str) -> None:
 
 def superseded(draft: Draft, by: str, deployment: str) -> str:
     message = f"superseded by ModelPromotion {by}, which now serves {deployment}"
-    draft.model.phase, draft.model.message, draft.model.superseded_by = Phase.SUPERSEDED, message, by
+    draft.model.phase, draft.model.superseded_by = Phase.SUPERSEDED, by
+    draft.say(message)
     draft.condition("Ready", "False", "Superseded", message)
     draft.condition("Deployed", "False", "Superseded", message)
     draft.condition("Reconciling", "False", "Superseded")
@@ -178,7 +185,8 @@ def superseded(draft: Draft, by: str, deployment: str) -> str:
 def reclaimed(draft: Draft, deployment: str, run_id: str) -> str:
     message = (f"{deployment} serves run {run_id} of this promotion "
                f"(it had been marked superseded by {draft.model.superseded_by})")
-    draft.model.phase, draft.model.message = Phase.PROMOTED, message
+    draft.model.phase = Phase.PROMOTED
+    draft.say(message)
     draft.unset("supersededBy")
     draft.condition("Deployed", "True", "Deployed", message)
     draft.condition("Ready", "True", "Promoted", message)

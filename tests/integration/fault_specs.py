@@ -129,7 +129,8 @@ TABLE: list[Case] = [
         ["../secret", "a/b", "..", "x" * 129, "m..n", "", "-lead"])],
     *[_apply(f"tracking-{i}", (*SRC, "trackingUri"), v) for i, v in enumerate(
         ["file:///etc/passwd", "http://user:pass@mlflow:5000", "javascript:alert(1)", "http://" + "a" * 3000,
-         "mlflow:5000", "http://a b"])],
+         "mlflow:5000", "http://a b", "http://127.0.0.1:8080/anything#", "http://mlflow:5000/?a=",
+         "http://169.254.169.254/latest/meta-data#"])],
     # Secret references: no namespace field, no '/', length and shape of a DNS name
     _apply("ref-namespace", (*SRC, "credentialsSecretRef"), {"name": "mlflow-auth", "namespace": "kube-system"},
            "unknown field \"spec.source.credentialsSecretRef.namespace\""),
@@ -219,8 +220,9 @@ TABLE: list[Case] = [
     Case("storage-secret-missing", (((*STORE, "credentialsSecretRef"), {"name": "absent"}),), "rejected",
          "(spec.target.storage.credentialsSecretRef): not found"),
     Case("storage-secret-keyless", (((*STORE, "credentialsSecretRef"), {"name": "keyless"}),), "rejected",
-         "(spec.target.storage.credentialsSecretRef): has no key AWS_ACCESS_KEY_ID"),
-    Case("too-many-files", (), "rejected", "has 45 files, over the operator's limit PROMOTER_MAX_FILES=30", "many"),
+         "(spec.target.storage.credentialsSecretRef): not found, not readable, or without AWS_ACCESS_KEY_ID"),
+    Case("too-many-files", (), "rejected", "has more than 30 files, over the operator's limit PROMOTER_MAX_FILES=30",
+         "many"),
     Case("too-many-bytes", (), "rejected", "over the operator's limit PROMOTER_MAX_BYTES=33554432", "huge"),
     Case("name-253", ((("metadata", "name"), "n" * 253), ((*GATE, "threshold"), 0.1)), "rejected",
          "gate failed: rmse 0.5 is not < 0.1"),

@@ -158,7 +158,7 @@ def test_a_version_and_an_alias_are_resolved_and_missing_ones_rejected_by_name(
     mp = decided(devstack, ns, "by-version")
     assert mp["status"]["phase"] == "Promoted", mp["status"]["message"]
     assert (mp["status"]["runId"], mp["status"]["modelVersion"]) == (mid, {"name": model, "version": "1"})
-    assert mp["status"]["modelUri"] == f"s3://models/rf-regressor/{mid}" and serving_run(devstack, ns) == mid
+    assert mp["status"]["modelUri"] == f"s3://models/{ns}/rf-regressor/{mid}" and serving_run(devstack, ns) == mid
 
     apply(devstack, ns, by("by-alias", {"alias": "challenger"}))
     mp = decided(devstack, ns, "by-alias")
@@ -238,8 +238,7 @@ def test_a_model_from_a_newer_scikit_learn_is_warned_about_by_default_and_reject
     python = f"Python {sys.version_info.major}.{sys.version_info.minor}"
     image = "seldonio/mlserver:1.7.1-sklearn (SKLEARN_SERVER, protocol v2) has scikit-learn 1.5.2"
 
-    # a prefix of its own: other tests assert what the bucket holds under rf-regressor/ for these runs
-    apply(devstack, ns, promotion("warned", runs["mlflow2"], RMSE_BELOW_1, prefix="skew"))
+    apply(devstack, ns, promotion("warned", runs["mlflow2"], RMSE_BELOW_1))
     mp = decided(devstack, ns, "warned")
     assert mp["status"]["phase"] == "Promoted"
     versions = condition(mp, "VersionsMatch")

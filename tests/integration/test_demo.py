@@ -36,14 +36,14 @@ def test_the_demo_promotes_a_run_rejects_the_strict_one_and_lets_a_better_challe
             "Promoted", "Superseded", "Rejected")
         champion, run_id = rows["rf-regressor"][1], rows["challenger"][1]
         assert rows["challenger"][3] == "rmse" and rows["challenger"][4].endswith("(-1%)")  # GATES
-        assert f"SeldonDeployment rf-regressor serves: s3://models/rf-regressor/{run_id}" in out
+        assert f"SeldonDeployment rf-regressor serves: s3://models/mlops-demo/rf-regressor/{run_id}" in out
         assert re.search(r"^Champion/challenger: the challenger won: rmse [0-9.]+ against the champion's [0-9.]+, "
                          r"[0-9.]+ % better \(needed 1 %: rmse < [0-9.]+\); it serves now, and rf-regressor is "
                          r"Superseded\.$", out, re.M), out
         assert f"MLflow registry: rf-regressor@champion is version 2 (run {run_id}, the challenger's)" in out
         assert champion != run_id
-        assert re.search(rf"^\s+\d+\s+rf-regressor/{run_id}/model\.pkl$", out, re.M)
-        assert re.search(rf"^\s+\d+\s+rf-regressor/{run_id}/promotion-manifest\.json$", out, re.M)
+        assert re.search(rf"^\s+\d+\s+mlops-demo/rf-regressor/{run_id}/model\.pkl$", out, re.M)
+        assert re.search(rf"^\s+\d+\s+mlops-demo/rf-regressor/{run_id}/promotion-manifest\.json$", out, re.M)
         assert re.search(r"^Rejected: too-strict: gate failed: rmse [0-9.]+ is not <= 1$", out, re.M)
         assert 'eval "$(.venv/bin/python -m devstack env)"' in out and "make down" in out
         assert "demo: [7/7]" in result.stderr  # progress shown throughout

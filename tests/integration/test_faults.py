@@ -278,7 +278,7 @@ def reference(devstack: stack.State, faults_operator: Operator, fruns: dict[str,
     apply(devstack, ns, promote("reference", fruns["multi"], "crash-ref", "served"))
     mp = wait_for(devstack, ns, "reference", phase_in("Promoted", "Rejected", "Failed"), timeout=60)
     assert mp["status"]["phase"] == "Promoted", mp["status"]
-    files = set(objects(devstack, "models", f"crash-ref/{fruns['multi']}/"))
+    files = set(objects(devstack, "models", f"{ns}/crash-ref/{fruns['multi']}/"))
     assert len(files) >= 7 and MANIFEST in files
     return {"status": mp["status"], "files": files}
 
@@ -295,7 +295,7 @@ def test_a_crash_at_each_step_converges_to_the_clean_end_state_with_nothing_half
         reference: dict[str, Any], tmp_path: Path) -> None:
     run_id = fruns["multi"]
     prefix = f"crash-{point.replace(':', '-')}"
-    key_prefix = f"{prefix}/{run_id}/"
+    key_prefix = f"{fns}/{prefix}/{run_id}/"
     total = len(reference["files"]) - 1
     watcher = SeldonWatcher(devstack, fns).start()
     faults_operator.stop()
@@ -334,7 +334,7 @@ def test_a_crash_at_each_step_converges_to_the_clean_end_state_with_nothing_half
     # the same end state as the run without a crash
     ref = reference["status"]
     assert mp["status"]["phase"] == "Promoted", mp["status"]
-    assert mp["status"]["modelUri"] == f"s3://models/{prefix}/{run_id}"
+    assert mp["status"]["modelUri"] == f"s3://models/{fns}/{prefix}/{run_id}"
     assert {k: mp["status"]["artifact"][k] for k in ("files", "bytes", "digest")} == \
         {k: ref["artifact"][k] for k in ("files", "bytes", "digest")}
     assert mp["status"]["message"] == ref["message"] and mp["status"]["gates"] == ref["gates"]
@@ -400,7 +400,7 @@ def test_another_writer_racing_the_operator_loses_nothing_and_neither_does_the_o
     assert mp["status"]["phase"] == "Promoted", mp["status"]
     sdep = get(devstack, fns, "seldondeployment", "contended")
     assert sdep is not None
-    assert sd_uri(sdep) == f"s3://models/race/{fruns['small-1']}"
+    assert sd_uri(sdep) == f"s3://models/{fns}/race/{fruns['small-1']}"
     assert sdep["metadata"]["annotations"]["mlops.dev/promotion"] == "second"
     assert sdep["metadata"]["labels"]["team"] == "fraud"
     assert sdep["metadata"]["annotations"]["other-writer/tick"] == str(ticks[0])
@@ -493,7 +493,7 @@ def test_two_promotions_for_one_deployment_applied_at_once_settle_on_one(
     assert sdep is not None
     assert sdep["metadata"]["annotations"]["mlops.dev/promotion"] == winner
     assert sdep["metadata"]["annotations"]["mlops.dev/run-id"] == runs[winner]
-    assert sd_uri(sdep) == f"s3://models/duo/{runs[winner]}"
+    assert sd_uri(sdep) == f"s3://models/{fns}/duo/{runs[winner]}"
     assert (get(devstack, fns, "mp", loser) or {})["status"]["supersededBy"] == winner
     TABLE_ROWS.append(Row("two promotions for one deployment at once", 1,
                           f"{winner} Promoted and serving, {loser} Superseded", f"{took:.1f}s to settle"))
@@ -519,7 +519,7 @@ def test_a_deleted_secret_or_deployment_is_restored_by_the_drift_timer(
         devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     apply(devstack, fns, promote("kept", fruns["small-0"], "restore", "kept"))
     wait_for(devstack, fns, "kept", phase_in("Promoted"), timeout=60)
-    uri = f"s3://models/restore/{fruns['small-0']}"
+    uri = f"s3://models/{fns}/restore/{fruns['small-0']}"
     times = []
     for kind, name in (("secret", "seldon-rclone-secret"), ("seldondeployment", "kept")):
         devstack.kubectl("-n", fns, "delete", kind, name)
@@ -547,7 +547,7 @@ def test_a_changed_file_in_a_promoted_copy_is_reported_and_serving_is_not_repoin
     wait_for(devstack, fns, "guarded", phase_in("Promoted"), timeout=60)
     before = get(devstack, fns, "seldondeployment", "guarded")
     assert before is not None
-    key = f"tamper/{run_id}/MLmodel"
+    key = f"{fns}/tamper/{run_id}/MLmodel"
     original = s3(devstack).get_object("models", key)
     try:
         data = original.read()
@@ -564,7 +564,7 @@ def test_a_changed_file_in_a_promoted_copy_is_reported_and_serving_is_not_repoin
     detected = time.monotonic() - tampered
     stalled = condition(mp, "Stalled")
     assert (stalled["status"], stalled["reason"]) == ("True", "ArtifactTampered")
-    assert mp["status"]["message"].startswith(f"artifact at s3://models/tamper/{run_id} does not match its "
+    assert mp["status"]["message"].startswith(f"artifact at s3://models/{fns}/tamper/{run_id} does not match its "
                                               "manifest: MLmodel changed")
     assert ("Warning", "ArtifactTampered") in reasons(devstack, fns, "guarded")
     time.sleep(6)  # another drift tick: still reported once, serving still untouched
@@ -614,7 +614,7 @@ def test_mlflow_down_for_a_while_is_waited_for_then_the_promotion_completes(
 def test_the_s3_server_killed_mid_copy_is_waited_for_and_the_copy_redone(
         devstack: stack.State, faults_operator: Operator, fns: str, fruns: dict[str, str]) -> None:
     run_id = fruns["big"]
-    key_prefix = f"out-s3/{run_id}/"
+    key_prefix = f"{fns}/out-s3/{run_id}/"
     watcher = SeldonWatcher(devstack, fns).start()
     apply(devstack, fns, promote("sturdy", run_id, "out-s3", "sturdy"))
     wait_until("the copy under way", lambda: objects(devstack, "models", key_prefix), 30, every=0.02)
@@ -648,7 +648,7 @@ def test_the_api_server_restarted_mid_promotion_is_survived(
     apply(devstack, fns, promote("steadfast", run_id, "out-kube", "steadfast"))
     # The first copied object is the earliest sign of the copy (a copy this short writes no
     # progress): the Secret and SeldonDeployment writes are still to come.
-    wait_until("the copy under way", lambda: objects(devstack, "models", f"out-kube/{run_id}/"), 30, every=0.02)
+    wait_until("the copy under way", lambda: objects(devstack, "models", f"{fns}/out-kube/{run_id}/"), 30, every=0.02)
     kill_component(devstack, "kube-apiserver")
     down = time.monotonic()
     try:
@@ -662,7 +662,7 @@ def test_the_api_server_restarted_mid_promotion_is_survived(
     assert faults_operator.alive()
     log = faults_operator.since_start()
     assert f"[{fns}/steadfast] Handler 'reconcile' failed temporarily: the Kubernetes API is unavailable" in log
-    assert [sd_uri(s) for s in seldons(devstack, fns)] == [f"s3://models/out-kube/{run_id}"]
+    assert [sd_uri(s) for s in seldons(devstack, fns)] == [f"s3://models/{fns}/out-kube/{run_id}"]
     assert manifest_problems(devstack, mp["status"]["modelUri"]) == []
     TABLE_ROWS.append(Row("kube-apiserver restarted mid-promotion", 1,
                           "handler failed temporarily (KubernetesUnavailable), kopf re-watched; Promoted",

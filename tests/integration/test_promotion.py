@@ -57,7 +57,7 @@ def test_a_passing_run_is_promoted_copied_and_served(
     assert "progress" not in mp["status"]
 
     # the bucket holds the model and a manifest whose hashes match the bytes
-    prefix = f"rf-regressor/{run_id}/"
+    prefix = f"{namespace}/rf-regressor/{run_id}/"  # under the namespace's root
     stored = objects(devstack, "models", prefix)
     assert {"MLmodel", "model.pkl", "promotion-manifest.json"} <= set(stored)
     manifest = json.loads(read_object(devstack, "models", prefix + "promotion-manifest.json"))
@@ -81,7 +81,7 @@ def test_a_passing_run_is_promoted_copied_and_served(
     sdep = get(devstack, namespace, "seldondeployment", "minio-sklearn")
     assert sdep is not None
     graph = sdep["spec"]["predictors"][0]["graph"]
-    assert graph["modelUri"] == f"s3://models/rf-regressor/{run_id}"
+    assert graph["modelUri"] == f"s3://models/{namespace}/rf-regressor/{run_id}"
     assert graph["envSecretRefName"] == "seldon-rclone-secret"
     assert graph["implementation"] == "SKLEARN_SERVER" and sdep["spec"]["protocol"] == "v2"
 
@@ -92,7 +92,8 @@ def test_a_passing_run_is_promoted_copied_and_served(
     assert "minio-sklearn" in table[1]
     wide = devstack.kubectl("-n", namespace, "get", "mp", "-o", "wide").stdout.splitlines()
     assert wide[0].split()[-2:] == ["MODEL", "VERSION"]
-    assert wide[1].split()[-1] == f"s3://models/rf-regressor/{run_id}"  # VERSION empty: not registered
+    # VERSION is empty: the run is not registered
+    assert wide[1].split()[-1] == f"s3://models/{namespace}/rf-regressor/{run_id}"
     # trained in the dev venv (scikit-learn 1.9.1), served by MLServer 1.7.1's 1.5.2: warned, then promoted
     assert sorted(e["reason"] for e in events(devstack, namespace, name)) == ["Promoted", "VersionSkew"]
 
@@ -122,7 +123,7 @@ def test_a_failed_gate_rejects_and_leaves_deployment_and_bucket_untouched(
     assert mp["status"]["gateSummary"] == "rmse 0.5!<0.1"
     assert condition(mp, "Stalled")["reason"] == "GatesFailed"
     assert get(devstack, namespace, "seldondeployment", "gated") is None
-    assert objects(devstack, "models", f"rf-regressor/{run_id}/") == {}
+    assert objects(devstack, "models", f"{namespace}/rf-regressor/{run_id}/") == {}
     warning = [e for e in events(devstack, namespace, name) if e["type"] == "Warning"]
     assert [(e["reason"], e["message"]) for e in warning] == [("GatesFailed", "gate failed: rmse 0.5 is not < 0.1")]
 
@@ -210,7 +211,7 @@ def test_a_model_logged_the_mlflow2_way_is_found_and_promoted(
                                          deployment="legacy"))
     mp = wait_for(devstack, namespace, name, phase_in("Promoted", "Rejected"))
     assert mp["status"]["phase"] == "Promoted", mp["status"]
-    assert {"MLmodel", "model.pkl"} <= set(objects(devstack, "models", f"rf-regressor/{run_id}/"))
+    assert {"MLmodel", "model.pkl"} <= set(objects(devstack, "models", f"{namespace}/rf-regressor/{run_id}/"))
 
 
 @pytest.mark.parametrize(("patch", "expected"), [
@@ -256,7 +257,7 @@ def test_a_later_promotion_supersedes_and_user_fields_survive(
     assert old["status"]["message"] == f"superseded by ModelPromotion {second}, which now serves minio-sklearn"
     sdep = get(devstack, namespace, "seldondeployment", "minio-sklearn")
     assert sdep is not None
-    assert sdep["spec"]["predictors"][0]["graph"]["modelUri"] == f"s3://models/rf-regressor/{run_b}"
+    assert sdep["spec"]["predictors"][0]["graph"]["modelUri"] == f"s3://models/{namespace}/rf-regressor/{run_b}"
     assert sdep["metadata"]["annotations"]["team.example/owner"] == "ml-platform"
     assert sdep["spec"]["annotations"] == seldon_annotation
 
@@ -301,7 +302,8 @@ def test_a_reconcile_with_nothing_changed_writes_nothing(
                      for kind, n in (("mp", name), ("seldondeployment", "steady"), ("secret", "seldon-rclone-secret")))
 
     def bucket() -> dict[str, Any]:
-        return {k: (o.etag, o.last_modified) for k, o in objects(devstack, "models", f"rf-regressor/{run_id}/").items()}
+        stored = objects(devstack, "models", f"{namespace}/rf-regressor/{run_id}/")
+        return {k: (o.etag, o.last_modified) for k, o in stored.items()}
 
     before, stored = versions(), bucket()
     operator.stop()  # a restart resumes every promotion: one more full reconcile each

@@ -25,6 +25,7 @@ from .helpers import RMSE_BELOW_1, apply, get, phase_in, promotion, read_object,
 pytestmark = pytest.mark.integration
 
 ACCESS, SECRET = "other-s3", "other-s3-secret-key"
+SCOPE = "streaming"
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,26 @@ def other_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait()
 
 
+@pytest.fixture(scope="module")
+def streaming(devstack: stack.State, crd: None, other_s3: str, tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[Operator]:
+    """An operator whose admin allowed the second endpoint (PROMOTER_ALLOWED_STORAGE_ENDPOINTS)."""
+    op = Operator(devstack, tmp_path_factory.mktemp("streaming") / "operator.log",
+                  {"PROMOTER_ALLOWED_STORAGE_ENDPOINTS": f"{devstack.s3_endpoint},{other_s3}"}, scope=SCOPE)
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
 def test_a_model_is_streamed_to_another_endpoint_and_verified(
-        devstack: stack.State, operator: Operator, namespace: str, runs: dict[str, str],
+        devstack: stack.State, streaming: Operator, namespace: str, runs: dict[str, str],
         other_s3: str) -> None:
     devstack.kubectl("-n", namespace, "create", "secret", "generic", "served-models-keys",
                      f"--from-literal=AWS_ACCESS_KEY_ID={ACCESS}", f"--from-literal=AWS_SECRET_ACCESS_KEY={SECRET}")
     name, run_id = f"mp-{uuid.uuid4().hex[:6]}", runs["mlflow2"]
-    obj = promotion(name, run_id, RMSE_BELOW_1, deployment="elsewhere")
+    obj = promotion(name, run_id, RMSE_BELOW_1, deployment="elsewhere", scope=SCOPE)
     obj["spec"]["target"]["storage"] = {"endpoint": other_s3, "bucket": "served-models", "prefix": "rf",
                                         "credentialsSecretRef": {"name": "served-models-keys"}}
     apply(devstack, namespace, obj)
@@ -73,17 +87,17 @@ def test_a_model_is_streamed_to_another_endpoint_and_verified(
     assert copied["message"].endswith("(streamed)")
 
     target = Minio(other_s3.removeprefix("http://"), access_key=ACCESS, secret_key=SECRET, secure=False)
-    response = target.get_object("served-models", f"rf/{run_id}/promotion-manifest.json")
+    response = target.get_object("served-models", f"{namespace}/rf/{run_id}/promotion-manifest.json")
     manifest = json.loads(response.read())
     response.close()
     source_prefix = manifest["source"].removeprefix("s3://mlflow/")
     for entry in manifest["files"]:
         original = read_object(devstack, "mlflow", f"{source_prefix}/{entry['path']}")
         assert entry["sha256"] == hashlib.sha256(original).hexdigest()
-        got = target.get_object("served-models", f"rf/{run_id}/{entry['path']}")
+        got = target.get_object("served-models", f"{namespace}/rf/{run_id}/{entry['path']}")
         assert hashlib.sha256(got.read()).hexdigest() == entry["sha256"]
         got.close()
     rclone = get(devstack, namespace, "secret", "seldon-rclone-secret")
     assert rclone is not None
     sdep = get(devstack, namespace, "seldondeployment", "elsewhere")
-    assert sdep is not None and sdep["spec"]["predictors"][0]["graph"]["modelUri"] == f"s3://served-models/rf/{run_id}"
+    assert sdep is not None and sdep["spec"]["predictors"][0]["graph"]["modelUri"] == f"s3://served-models/{namespace}/rf/{run_id}"

@@ -19,7 +19,6 @@ from typing import Any, BinaryIO
 
 import yaml
 
-from promoter.artifacts import FileEntry, ObjectStore, identity
 from promoter.config import Settings
 from promoter.context import Context
 from promoter.errors import CredentialsProblem, ModelVersionNotFound, RegistryRefused, RunNotFound, Unavailable
@@ -29,6 +28,7 @@ from promoter.metrics import Metrics
 from promoter.mlflow_source import Auth, ModelLocation, ModelVersion, Run
 from promoter.ownership import Ownership
 from promoter.status import Outcome
+from promoter.store import FileEntry, ObjectStore, identity
 
 RUN_A = "a" * 32
 RUN_B = "b" * 32
@@ -113,7 +113,7 @@ class FakeMlflow:
             raise RunNotFound(run_id, self.tracking_uri)
         run = self.runs[run_id]
         return Run(run.run_id, run.status, run.lifecycle_stage, run.artifact_uri, run.metrics, run.model_ids,
-                   dict(self.run_tags.get(run_id, {})))
+                   run.experiment_id, tags=dict(self.run_tags.get(run_id, {})))
 
     def model_candidates(self, run: Run, model_name: str) -> list[ModelLocation]:
         self._check(f"model_candidates {run.run_id}")
@@ -205,7 +205,7 @@ class FakeStore:
     """:class:`promoter.artifacts.ObjectStore` over a :class:`FakeS3`."""
 
     def __init__(self, s3: FakeS3, access_key: str, secret_key: str, who: str) -> None:
-        self.s3, self.who, self.endpoint, self.retry_delay = s3, who, s3.endpoint, 1.0
+        self.s3, self.who, self.endpoint, self.retry_delay, self.timeout = s3, who, s3.endpoint, 1.0, 1.0
         self.identity = identity(access_key, secret_key)
 
     def _check(self, what: str, bucket: str) -> dict[str, bytes]:
@@ -220,11 +220,12 @@ class FakeStore:
     def same_as(self, other: ObjectStore) -> bool:
         return isinstance(other, FakeStore) and other.s3 is self.s3 and other.identity == self.identity
 
-    def list(self, bucket: str, prefix: str) -> dict[str, FileEntry]:
+    def list(self, bucket: str, prefix: str, limit: int | None = None) -> dict[str, FileEntry]:
         prefix = prefix.rstrip("/") + "/"
         objects = self._check(f"listing s3://{bucket}/{prefix}", bucket)
-        return {k[len(prefix):]: FileEntry(k[len(prefix):], len(v), etag=hashlib.md5(v).hexdigest())
-                for k, v in sorted(objects.items()) if k.startswith(prefix)}
+        found = {k[len(prefix):]: FileEntry(k[len(prefix):], len(v), etag=hashlib.md5(v).hexdigest())
+                 for k, v in sorted(objects.items()) if k.startswith(prefix)}
+        return dict(list(found.items())[: limit + 1]) if limit is not None else found
 
     def read(self, bucket: str, key: str, limit: int = 4 * 1024 * 1024) -> bytes | None:
         data = self._check(f"reading s3://{bucket}/{key}", bucket).get(key)

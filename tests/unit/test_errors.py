@@ -165,7 +165,7 @@ def test_module_docstring_draws_every_error() -> None:
         for value in vars(errors).values()
         if isinstance(value, type) and issubclass(value, PromoterError)
     ]
-    assert len(classes) == 19
+    assert len(classes) == 22
     for cls in classes:
         assert cls.__name__ in doc, cls.__name__
 

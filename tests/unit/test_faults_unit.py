@@ -26,7 +26,7 @@ def _files(sizes: list[int]) -> dict[str, FileEntry]:
 def test_a_folder_of_ten_thousand_files_is_rejected_by_default_naming_the_limit() -> None:
     with pytest.raises(ModelTooLarge) as e:
         check_limits(_files([10] * 10_000), Settings(), WHAT)
-    assert e.value.message == (f"{WHAT} has 10000 files, over the operator's limit PROMOTER_MAX_FILES=1000; "
+    assert e.value.message == (f"{WHAT} has more than 1000 files, over the operator's limit PROMOTER_MAX_FILES=1000; "
                                "nothing was copied (log a smaller model folder or raise the limit)")
     assert e.value.reason == "ModelTooLarge"
 

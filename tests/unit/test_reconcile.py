@@ -11,16 +11,7 @@ from promoter.status import DEGRADED
 
 from .fakes import KEYS, PROMOTION, RUN_A, RUN_B, SECRET, SELDON, World, condition
 
-MODEL_URI_A = f"s3://models/rf/{RUN_A}"
-
-
-@pytest.fixture
-def world() -> World:
-    w = World()
-    for run_id in (RUN_A, RUN_B):
-        w.mlflow.add_run(run_id, {"rmse": 0.5})
-        w.s3.put_model(run_id)
-    return w
+MODEL_URI_A = f"s3://models/ns/rf/{RUN_A}"  # under the namespace's root
 
 
 def promoted(world: World, name: str = "p1", run_id: str = RUN_A, deployment: str = "sd") -> dict:
@@ -42,8 +33,8 @@ def test_a_passing_run_is_copied_deployed_and_promoted_with_one_event(world: Wor
         "GatesPassed": "True", "ArtifactCopied": "True", "Deployed": "True", "Ready": "True",
         "Reconciling": "False", "Stalled": "False", "VersionsMatch": "True"}
     assert st["artifact"]["files"] == 2 and st["artifact"]["digest"].startswith("sha256:")
-    assert sorted(world.s3.buckets["models"]) == [f"rf/{RUN_A}/MLmodel", f"rf/{RUN_A}/model.pkl",
-                                                  f"rf/{RUN_A}/promotion-manifest.json"]
+    assert sorted(world.s3.buckets["models"]) == [f"ns/rf/{RUN_A}/MLmodel", f"ns/rf/{RUN_A}/model.pkl",
+                                                  f"ns/rf/{RUN_A}/promotion-manifest.json"]
     sd = world.kube.obj(SELDON, "ns", "sd")
     assert sd is not None and sd["spec"]["predictors"][0]["graph"]["modelUri"] == MODEL_URI_A
     assert world.served_by() == "p1"
@@ -86,9 +77,11 @@ def test_a_failed_gate_is_rejected_once_and_touches_nothing(world: World) -> Non
     (lambda w: w.mlflow.add_run(RUN_A, {"rmse": "NaN"}), "GatesFailed", "rmse is NaN"),
     (lambda w: w.mlflow.add_run(RUN_A, {}), "GatesFailed", "rmse was not logged"),
     (lambda w: w.kube.objects.pop((SECRET, "ns", "minio-credentials")), "CredentialsInvalid",
-     "Secret ns/minio-credentials (operator default PROMOTER_STORAGE_SECRET): not found"),
+     "Secret ns/minio-credentials (operator default PROMOTER_STORAGE_SECRET): not found, not readable, or "
+     "without AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
     (lambda w: w.kube.put_secret("ns", "minio-credentials", {"AWS_ACCESS_KEY_ID": "x"}), "CredentialsInvalid",
-     "has no key AWS_SECRET_ACCESS_KEY"),
+     "Secret ns/minio-credentials (operator default PROMOTER_STORAGE_SECRET): not found, not readable, or "
+     "without AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
     (lambda w: w.s3.accepted.clear(), "CredentialsInvalid", "refused it"),
     (lambda w: w.s3.buckets["mlflow"].clear(), "ModelNotFound", "model 'rf-regressor' of run"),
     (lambda w: w.s3.put_model(RUN_A, {"MLmodel": b"flavors: {sklearn: {serialization_format: skops}}",
@@ -320,7 +313,7 @@ def test_a_missing_storage_secret_degrades_a_serving_promotion_and_never_rejects
     (lambda w: w.s3.accepted.clear(), "refused it"),
     (lambda w: setattr(w.s3, "down", True), "cannot reach S3"),
     (lambda w: w.kube.fail.__setitem__(("get", SECRET), CredentialsProblem("ns/minio-credentials", "forbidden")),
-     "forbidden"),
+     "Secret ns/minio-credentials (operator default PROMOTER_STORAGE_SECRET): not found, not readable"),
 ])
 def test_any_failed_check_of_a_serving_promotion_is_degraded_and_retried(world: World, problem, words: str) -> None:
     promoted(world)
@@ -333,7 +326,7 @@ def test_any_failed_check_of_a_serving_promotion_is_degraded_and_retried(world: 
 
 def test_a_tampered_copy_fails_the_promotion_and_leaves_the_deployment_alone(world: World) -> None:
     promoted(world)
-    world.s3.buckets["models"][f"rf/{RUN_A}/model.pkl"] = b"something else entirely"
+    world.s3.buckets["models"][f"ns/rf/{RUN_A}/model.pkl"] = b"something else entirely"
     outcome = world.reconcile("p1")
     st = world.status("p1")
     assert outcome.rejected is not None and st["phase"] == "Failed"
@@ -465,7 +458,7 @@ def test_a_registered_version_is_resolved_to_its_run_and_promoted(world: World) 
     st = world.status("p1")
     assert st["phase"] == "Promoted" and st["runId"] == RUN_B
     assert st["modelVersion"] == {"name": "rf", "version": "1"}
-    assert st["modelUri"] == f"s3://models/rf/{RUN_B}" and st["message"].endswith("(rf version 1)")
+    assert st["modelUri"] == f"s3://models/ns/rf/{RUN_B}" and st["message"].endswith("(rf version 1)")
     assert world.kube.obj(SELDON, "ns", "sd")["metadata"]["annotations"]["mlops.dev/run-id"] == RUN_B
 
 

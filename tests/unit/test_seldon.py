@@ -23,7 +23,7 @@ URI = "s3://models/rf-regressor/5f0c2d9e5f0c2d9e5f0c2d9e5f0c2d9e"
 
 
 def test_rclone_secret_holds_exactly_the_keys_seldon_reads() -> None:
-    secret = render_rclone_secret("seldon-rclone-secret", "ml", "http://minio:9000", "AKIA-ID", "shh")
+    secret = render_rclone_secret("seldon-rclone-secret", "ml", "http://minio:9000", "AKIA-ID", "shh", "ml/p1/uid-1")
     assert secret == {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -31,6 +31,7 @@ def test_rclone_secret_holds_exactly_the_keys_seldon_reads() -> None:
             "name": "seldon-rclone-secret",
             "namespace": "ml",
             "labels": {MANAGED_BY_LABEL: MANAGED_BY},
+            "annotations": {"mlops.dev/owner": "ml/p1/uid-1"},
         },
         "type": "Opaque",
         "stringData": {
@@ -47,7 +48,7 @@ def test_rclone_secret_holds_exactly_the_keys_seldon_reads() -> None:
 
 def test_seldon_deployment_carries_only_the_fields_the_operator_owns() -> None:
     target = SeldonTarget(name="minio-sklearn", replicas=2)
-    body = render_seldon_deployment(target, "ml", URI, {"mlops.dev/promotion": "p1"})
+    body = render_seldon_deployment(target, "ml", URI, {"mlops.dev/promotion": "p1"}, "ml/p1/uid-1")
     assert body == {
         "apiVersion": "machinelearning.seldon.io/v1",
         "kind": "SeldonDeployment",
@@ -55,7 +56,7 @@ def test_seldon_deployment_carries_only_the_fields_the_operator_owns() -> None:
             "name": "minio-sklearn",
             "namespace": "ml",
             "labels": {MANAGED_BY_LABEL: MANAGED_BY},
-            "annotations": {"mlops.dev/promotion": "p1"},
+            "annotations": {"mlops.dev/promotion": "p1", "mlops.dev/owner": "ml/p1/uid-1"},
         },
         "spec": {
             "protocol": "v2",
@@ -84,7 +85,7 @@ def test_seldon_deployment_follows_the_target() -> None:
         secret_name="rclone",
         predictor_name="main",
     )
-    body = render_seldon_deployment(target, "ml", URI, {})
+    body = render_seldon_deployment(target, "ml", URI, {}, "ml/p/u")
     assert body["spec"]["protocol"] == "seldon"
     predictor = body["spec"]["predictors"][0]
     assert predictor["name"] == "main"
@@ -96,7 +97,7 @@ def test_seldon_deployment_follows_the_target() -> None:
 
 
 def desired() -> dict[str, Any]:
-    return render_seldon_deployment(SeldonTarget(name="sd"), "ml", URI, {"mlops.dev/promotion": "p1"})
+    return render_seldon_deployment(SeldonTarget(name="sd"), "ml", URI, {"mlops.dev/promotion": "p1"}, "ml/p1/u")
 
 
 def as_served(body: dict[str, Any]) -> dict[str, Any]:

@@ -132,8 +132,8 @@ def test_integer_thresholds_are_numbers() -> None:
         ),
         (
             "spec['source']['trackingUri'] = 'mlflow:5000'",
-            "spec.source.trackingUri: must be an http:// or https:// URL with no user:password@ "
-            "(put credentials in the Secret named by credentialsSecretRef), got 'mlflow:5000'",
+            "spec.source.trackingUri: must be an http:// or https:// URL with no user:password@, query or "
+            "fragment (put credentials in the Secret named by credentialsSecretRef), got 'mlflow:5000'",
         ),
         (
             "spec['source']['modelName'] = 'rf..regressor'",
@@ -237,10 +237,24 @@ def test_a_point_range_needs_both_bounds_inclusive() -> None:
         parse_spec(raw)
 
 
-def test_model_uri_and_object_prefix_are_named_by_the_run() -> None:
+def test_model_uri_and_object_prefix_are_named_by_the_run_under_the_namespace_root() -> None:
     spec = parse_spec(sample())
     assert model_uri(spec) == f"s3://models/rf-regressor/{RUN}"
     assert object_prefix(spec) == f"rf-regressor/{RUN}/"
+    assert model_uri(spec, "team-a") == f"s3://models/team-a/rf-regressor/{RUN}"
+    assert object_prefix(spec, "teams/a/") == f"teams/a/rf-regressor/{RUN}/"
+
+
+@pytest.mark.parametrize("uri", [
+    "http://127.0.0.1:8080/anything#", "http://mlflow:5000/?a=", "http://mlflow:5000/x?run_id=1",
+    "http://169.254.169.254/latest/meta-data#", "http://u:p@mlflow:5000", "http://mlflow:5000#frag",
+])
+def test_a_tracking_uri_with_a_query_fragment_or_credentials_is_refused(uri: str) -> None:
+    raw = sample()
+    raw["source"]["trackingUri"] = uri
+    with pytest.raises(InvalidSpec) as err:
+        parse_spec(raw)
+    assert err.value.field == "spec.source.trackingUri"
 
 
 def test_an_empty_prefix_leaves_no_double_slash() -> None:
