@@ -351,5 +351,6 @@ def parse_run(payload: Mapping[str, Any]) -> Run:
 def parse_version(payload: Any) -> ModelVersion:
     mv = payload if isinstance(payload, Mapping) else {}
     tags = {str(t.get("key")): str(t.get("value", "")) for t in mv.get("tags") or [] if isinstance(t, Mapping)}
-    return ModelVersion(name=str(mv.get("name", "")), version=str(mv.get("version", "")),
-                        run_id=str(mv.get("run_id") or ""), source=str(mv.get("source") or ""), tags=tags)
+    # what reaches status and messages is bounded: a name as the spec allows, a version number, a run id
+    return ModelVersion(name=clip(str(mv.get("name", "")), 256), version=clip(str(mv.get("version", "")), 32),
+                        run_id=clip(str(mv.get("run_id") or ""), 64), source=str(mv.get("source") or ""), tags=tags)

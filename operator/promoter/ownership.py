@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 PROMOTION_ANNOTATION = seldon.PROMOTION_ANNOTATION
 RUN_ANNOTATION = "mlops.dev/run-id"
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
 log = logging.getLogger("promoter.ownership")
 
 
@@ -62,8 +64,10 @@ def named_by(deployment: Mapping[str, Any] | None) -> str | None:
 
 
 def run_of(deployment: Mapping[str, Any] | None) -> str | None:
-    """The run a SeldonDeployment object serves (None: absent, or not one of ours)."""
-    return _annotation(deployment, RUN_ANNOTATION)
+    """The run a SeldonDeployment object serves (None: absent, not one of ours, or an annotation
+    that is not a run id: it is sent to MLflow and shown in status, so it must be one)."""
+    run = _annotation(deployment, RUN_ANNOTATION)
+    return run if run is not None and _RUN_ID.fullmatch(run) else None
 
 
 @dataclass(frozen=True)

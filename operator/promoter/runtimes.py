@@ -65,6 +65,16 @@ def model_versions(mlmodel: Mapping[str, object], python_env: bytes | None, requ
                    ) -> dict[str, str]:
     """The versions a model was saved with: scikit-learn from MLmodel's sklearn flavor, Python
     from python_env.yaml (else MLmodel's python_function flavor), numpy from requirements.txt."""
+    found = _model_versions(mlmodel, python_env, requirements)
+    # read from the model folder, shown in status: a version number, or nothing
+    return {lib: version for lib, version in found.items() if _VERSION.fullmatch(version)}
+
+
+_VERSION = re.compile(r"[0-9][0-9A-Za-z.+-]{0,31}")
+
+
+def _model_versions(mlmodel: Mapping[str, object], python_env: bytes | None, requirements: bytes | None
+                    ) -> dict[str, str]:
     found: dict[str, str] = {}
     flavors = mlmodel.get("flavors")
     flavors = flavors if isinstance(flavors, Mapping) else {}

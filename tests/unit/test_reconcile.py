@@ -427,6 +427,16 @@ def test_a_baseline_promotion_resumed_after_its_deployment_write_is_not_judged_a
     assert st["phase"] == "Promoted" and st["gates"][0]["reason"] == "AlreadyServing"
 
 
+def test_a_run_annotation_that_is_no_run_id_is_no_baseline(world: World) -> None:
+    champion_world(world, 0.45)
+    world.kube.obj(SELDON, "ns", "sd")["metadata"]["annotations"]["mlops.dev/run-id"] = "x" * 5000
+    calls = len(world.mlflow.calls)
+    world.reconcile("challenger")
+    st = world.status("challenger")
+    assert st["phase"] == "Promoted" and st["gates"][0]["reason"] == "NoBaseline"
+    assert not any("x" * 32 in call for call in world.mlflow.calls[calls:])  # never sent to MLflow
+
+
 def test_a_serving_run_gone_from_mlflow_fails_the_baseline_gate_naming_it(world: World) -> None:
     champion_world(world, 0.45)
     del world.mlflow.runs[RUN_A]

@@ -65,3 +65,8 @@ def test_a_skew_names_both_versions_and_the_fix() -> None:
         "seldonio/mlserver:1.7.1-sklearn (SKLEARN_SERVER, protocol v2) has scikit-learn 1.5.2, Python 3.10 "
         "and numpy 1.26.4")
     assert skew.fix().startswith("log the model with scikit-learn 1.5.2, Python 3.10 and numpy 1.26.4, or serve it")
+
+
+def test_what_is_not_a_version_number_is_not_read() -> None:
+    # the folder is the user's: what it says reaches status only as a version number
+    assert runtimes.model_versions(mlmodel(sklearn="1.9.1; rm -rf /", python="3" * 200), None, None) == {}
