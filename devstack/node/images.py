@@ -48,8 +48,9 @@ IMAGES: tuple[Image, ...] = (
         repository="seldonio/rclone-storage-initializer", tags="*",
         what="Debian's rclone (`rclone copy <args>`), as the image's ENTRYPOINT [rclone, copy]",
         entrypoint=("rclone", "copy"),
-        # the image has no rclone.conf: remotes come from RCLONE_CONFIG_* variables (envFrom)
-        env={"RCLONE_CONFIG": "/dev/null"},
+        # the image's ENV, and no rclone.conf: remotes come from RCLONE_CONFIG_* variables (envFrom)
+        env={"RCLONE_CONFIG_GS_TYPE": "google cloud storage", "RCLONE_CONFIG_GS_ANONYMOUS": "true",
+             "RCLONE_VERBOSE": "1", "RCLONE_CONFIG": "/dev/null"},
         needs=("rclone",),
     ),
     Image(

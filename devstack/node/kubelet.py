@@ -94,7 +94,8 @@ class Node:
         return {
             "capacity": resources, "allocatable": resources,
             "conditions": [
-                condition("MemoryPressure", False, "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                condition("MemoryPressure", False, "KubeletHasSufficientMemory",
+                          "kubelet has sufficient memory available"),
                 condition("DiskPressure", False, "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
                 condition("PIDPressure", False, "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
                 condition("Ready", True, "KubeletReady", "devstack's node is posting ready status"),

@@ -207,7 +207,8 @@ class PodWorker(threading.Thread):
             if obj is None:
                 if source.get("optional"):
                     return
-                raise ContainerError("ContainerCreating", f'MountVolume.SetUp failed: {kind.lower()} "{name}" not found')
+                raise ContainerError("ContainerCreating",
+                                     f'MountVolume.SetUp failed: {kind.lower()} "{name}" not found')
             data = obj.get("data") or {}
             items = source.get("items") or [{"key": k, "path": k} for k in data]
             for item in items:

@@ -146,7 +146,7 @@ class ServiceProxy:
                 host, port = targets[(start + i) % len(targets)]
                 try:
                     up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
-                except (OSError, asyncio.TimeoutError):
+                except (TimeoutError, OSError):
                     continue
                 await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
                 up_writer.close()

@@ -15,10 +15,16 @@ owns, plus a resync. Each pass, for each predictor:
 
 Then ``state``: ``Available`` when Deployments and Services are ready, ``Failed`` ("Deployment is
 no longer progressing and not available.") when a Deployment neither progresses nor is
-available, ``Creating`` otherwise. Seldon's quirks are kept, not fixed: the status has no
-``observedGeneration``, so a reader cannot tell which spec it describes; and ``Available`` stays
-while a new Pod crash-loops as long as an old one is available (seldon#4269). A SeldonDeployment
-the double does not serve gets ``state: Failed`` and a description saying why.
+available, ``Creating`` otherwise. Seldon's quirks are kept, not fixed:
+
+- the status has no ``observedGeneration``: right after a spec change it still reads
+  ``Available`` (the old Deployment's) until the next pass, and nothing tells a reader which
+  generation it describes (seldon#4269, where a client read that stale status);
+- readiness is ``readyReplicas`` and ``unavailableReplicas``, not the rollout: an update whose new
+  Pod crash-loops while an old one is available stays ``Creating`` for ever, never ``Failed``,
+  even after the Deployment reports ProgressDeadlineExceeded (Available is still True).
+
+A SeldonDeployment the double does not serve gets ``state: Failed`` and a description saying why.
 
 Not reproduced: the mutating webhook (the stored spec stays as written), Events, conditions,
 HPA/PDB/KEDA/Istio/Ambassador objects, the clean-up of Deployments a predictor no longer has.

@@ -155,13 +155,14 @@ def render_deployment(sdep: Obj, predictor: Obj) -> Obj:
         "selector": {"matchLabels": selector},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
         "template": {
-            "metadata": {"labels": dict(labels),
-                         "annotations": {"prometheus.io/path": "/prometheus", "prometheus.io/scrape": "true", **annotations}},
+            "metadata": {"labels": dict(labels), "annotations": {
+                "prometheus.io/path": "/prometheus", "prometheus.io/scrape": "true", **annotations}},
             "spec": {
                 "initContainers": [initializer], "containers": [model],
                 "volumes": [
-                    {"name": PODINFO[0], "downwardAPI": {"defaultMode": 420, "items": [
-                        {"path": "annotations", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.annotations"}}]}},
+                    {"name": PODINFO[0], "downwardAPI": {"defaultMode": 420, "items": [{
+                        "path": "annotations",
+                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.annotations"}}]}},
                     {"name": volume, "emptyDir": {}},
                 ],
                 "restartPolicy": "Always", "dnsPolicy": "ClusterFirst", "schedulerName": "default-scheduler",
@@ -230,9 +231,9 @@ def address_url(sdep: Mapping[str, Any]) -> str:
 
 def deployment_status(found: Mapping[str, Any]) -> tuple[bool, bool]:
     """(ready, progressing) of one Deployment the way Seldon reads it: not ready while no replica
-    is ready or any is unavailable; not progressing when Progressing and Available are both False.
-    A Deployment whose old Pod is still available counts as ready while its new Pod crash-loops
-    (seldon#4269): Seldon looks at readyReplicas and unavailableReplicas, not at the rollout."""
+    is ready or any is unavailable; not progressing only when Progressing and Available are both
+    False. So a rollout stuck on a crash-looping new Pod beside an available old one is "not ready
+    but progressing" for ever: Seldon looks at replica counts, not at the rollout's conditions."""
     status = found.get("status") or {}
     if status.get("readyReplicas", 0) and not status.get("unavailableReplicas", 0):
         return True, True
