@@ -104,14 +104,15 @@ def ensure(log=print, need: tuple[str, ...] = BINARIES) -> Binaries:
 # --- building -------------------------------------------------------------------------
 
 
-def _go() -> str:
+def _go(names: list[str] | tuple[str, ...] = BINARIES) -> str:
     go = shutil.which("go")
     if go is None:
         raise SetupError(
-            "no Go toolchain on PATH and no cached Kubernetes binaries in "
+            f"no Go toolchain on PATH and no cached Kubernetes binaries ({', '.join(names)}) in "
             f"{cache_folder()}: install Go (https://go.dev/doc/install; Debian: apt-get install "
             "golang) or set KUBEBUILDER_ASSETS to a folder holding etcd, kube-apiserver and "
-            "kubectl (for example from setup-envtest)"
+            "kubectl (for example from setup-envtest), and kube-controller-manager and "
+            "kube-scheduler if you have them"
         )
     return go
 
@@ -207,7 +208,7 @@ def build(dest: Path, names: list[str] | tuple[str, ...] = BINARIES, log=print) 
     Holds a lock file beside dest for the whole build: a second caller waits, then builds only
     what the first one did not.
     """
-    go = _go()
+    go = _go(names)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.parent / f".build-{dest.name}.lock", "w") as lock:
         try:

@@ -17,7 +17,6 @@ Names, labels, environment, ports, probes and volumes follow what Seldon Core v1
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Mapping
@@ -241,8 +240,3 @@ def deployment_status(found: Mapping[str, Any]) -> tuple[bool, bool]:
     stalled = conditions.get("Progressing") == "False" and conditions.get("Available") == "False"
     return False, not stalled
 
-
-def merge_status(old: Mapping[str, Any] | None, **changes: Any) -> Obj:
-    status = copy.deepcopy(dict(old or {}))
-    status.update(changes)
-    return status

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from promoter.seldon import render_rclone_secret
 
 from devstack import cluster, predict, stack
+from promoter.seldon import render_rclone_secret
 
 from .conftest import Operator, new_namespace, train
 from .helpers import apply, get, phase_in, promotion, s3, wait_for
