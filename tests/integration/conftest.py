@@ -134,12 +134,21 @@ def operator(devstack: stack.State, crd: None, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
-def namespace(devstack: stack.State, crd: None) -> str:
-    return new_namespace(devstack)
+def namespace(devstack: stack.State, crd: None) -> Iterator[str]:
+    name = new_namespace(devstack)
+    yield name
+    delete_namespace(devstack, name)
+
+
+def delete_namespace(devstack: stack.State, name: str) -> None:
+    """Start deleting a namespace a test is done with, without waiting: the controller-manager
+    finishes it, and garbage collection stops the Pods (MLServers) its SeldonDeployments made,
+    which frees devstack's node for the next tests."""
+    devstack.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
 def new_namespace(devstack: stack.State, prefix: str = "t") -> str:
-    """A fresh namespace (devstack never finishes deleting one) with the storage Secret."""
+    """A fresh namespace with the storage Secret."""
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     devstack.kubectl("create", "namespace", name)
     devstack.kubectl("-n", name, "create", "secret", "generic", STORAGE_SECRET,

@@ -124,9 +124,11 @@ def new_namespace(devstack: stack.State) -> str:
 
 @pytest.fixture
 def fns(devstack: stack.State, faults_operator: FaultOperator) -> Iterator[str]:
-    yield new_namespace(devstack)
+    name = new_namespace(devstack)
+    yield name
     if not faults_operator.alive():  # a test that stopped it failed before starting it again
         faults_operator.start()
+    conftest.delete_namespace(devstack, name)
 
 
 def promote(name: str, run_id: str, prefix: str, deployment: str) -> dict[str, Any]:
