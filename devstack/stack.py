@@ -371,6 +371,7 @@ def _start_kube(state: State, bins: binaries.Binaries, home: Path, kube_port: in
         f"--tls-cert-file={c.serving.cert}", f"--tls-private-key-file={c.serving.key}",
         f"--service-cluster-ip-range={state.service_cidr}", "--allow-privileged=true",
         "--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount",
+        "--kubelet-preferred-address-types=InternalIP",  # `kubectl logs`: the node's address, not its name
         f"--client-ca-file={c.client_ca}",
         f"--service-account-issuer={state.kube_url}/",
         f"--service-account-key-file={c.sa_public}",

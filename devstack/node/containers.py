@@ -10,6 +10,10 @@ Each start runs in a session of its own (its own process group), so a stop reach
 it forked, and an exit cleans up what it left behind, as a runtime tears down a container's
 cgroup. The group's pid is kept in a file under the Pod's folder so ``devstack down`` can stop a
 container even when the node itself was killed.
+
+Containers run at a lower CPU priority (nice 10) than the control plane and the tests, the way a
+real node keeps CPU reserved for its system daemons: on a 2-core machine, MLServers loading
+models must not starve the API server.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .images import ContainerError, Launch, expand
 Obj = dict[str, Any]
 Lookup = Callable[[str, str, str], "Obj | None"]  # (resource, namespace, name) -> object or None
 
+NICE = 10
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _FIELD = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
 
@@ -122,6 +127,10 @@ class Process:
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True)
         self.pid, self.log, self.pid_file = self.popen.pid, log, pid_file
+        try:  # before it forks: its children inherit it
+            os.setpriority(os.PRIO_PROCESS, self.pid, NICE)
+        except OSError:
+            pass
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{self.pid} {start_time(self.pid)}\n")
         self.started = time.time()

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import certs
 from ..kube import ApiError, Kube, informer
+from . import logs
 from .pods import PodWorker
 
 Obj = dict[str, Any]
@@ -58,6 +60,7 @@ class Node:
         self.stop = threading.Event()
         self.ips_in_use: set[str] = set()
         self._cursor = 1
+        self.log_port = 0
 
     def log(self, message: str) -> None:
         print(f"{_iso(time.time())} {message}", flush=True)
@@ -102,6 +105,7 @@ class Node:
             ],
             "addresses": [{"type": "InternalIP", "address": self.host_ip},
                           {"type": "Hostname", "address": self.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.log_port}},
             "nodeInfo": {
                 "kubeletVersion": VERSION, "kubeProxyVersion": "", "operatingSystem": "linux",
                 "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
@@ -175,7 +179,29 @@ class Node:
                 return
         worker.update(pod)
 
+    def find_log(self, namespace: str, pod: str, container: str, previous: bool) -> tuple[Path, Any] | str:
+        """The log file of a container's current (or previous) start, as ``kubectl logs`` asks."""
+        with self.lock:
+            worker = next((w for w in self.workers.values()
+                           if (w.namespace, w.pod_name) == (namespace, pod) and not w.removed), None)
+        if worker is None:
+            return f'pods "{pod}" not found'
+        c = next((c for c in worker.inits + worker.apps if c.name == container), None)
+        if c is None:
+            return f'container {container} is not valid for pod {pod}'
+        run = c.runs - (2 if previous else 1)
+        if run < 0:
+            if previous:
+                return f'previous terminated container "{container}" in pod "{pod}" not found'
+            reason = c.state.get("waiting", {}).get("reason", "ContainerCreating")
+            return f'container "{container}" in pod "{pod}" is waiting to start: {reason}'
+        current = c.runs - 1
+        return worker.log_folder / container / f"{run}.log", lambda: (
+            not previous and c.process is not None and c.runs - 1 == current)
+
     def run(self) -> None:
+        pair = certs.serving_pair(self.home / "certs" / "node", "kubelet", self.name, [self.host_ip])
+        self.log_port = logs.serve(self.find_log, pair.cert, pair.key, self.host_ip).server_address[1]
         self.register()
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         watch = threading.Thread(target=informer, name="pods", daemon=True, args=(
