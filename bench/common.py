@@ -160,6 +160,9 @@ def log_runs(state: stack.State, count: int, extra_bytes: int, experiment: str =
 
 def promotion(name: str, run_id: str, deployment: str, prefix: str = "rf-regressor",
               secret_name: str = "seldon-rclone-secret") -> dict[str, Any]:
+    """A promotion the operator carries out in full and devstack's Seldon double does not serve
+    (MLFLOW_SERVER with protocol seldon: state Failed, no Deployment, no Pod): these benchmarks
+    measure the promotion path up to the SeldonDeployment write; serving.py measures serving."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelPromotion",
         "metadata": {"name": name},
@@ -168,8 +171,8 @@ def promotion(name: str, run_id: str, deployment: str, prefix: str = "rf-regress
             "gates": [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 0.8}],
             "target": {
                 "storage": {"bucket": "models", "prefix": prefix},
-                "seldonDeployment": {"name": deployment, "implementation": "SKLEARN_SERVER",
-                                     "protocol": "v2", "secretName": secret_name},
+                "seldonDeployment": {"name": deployment, "implementation": "MLFLOW_SERVER",
+                                     "protocol": "seldon", "secretName": secret_name},
             },
         },
     }

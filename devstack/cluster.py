@@ -36,7 +36,7 @@ from . import binaries, certs, mlserver, stack
 from .binaries import SetupError
 
 NODE_NAME = "devstack"
-DEFAULT_NODE_PODS = 4
+DEFAULT_NODE_PODS = 6
 
 
 def network(log: stack.Log) -> tuple[str, str, str]:

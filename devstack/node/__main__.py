@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--home", required=True, type=Path)
     parser.add_argument("--name", default="devstack")
-    parser.add_argument("--pods", type=int, default=4, help="the Node's pods capacity")
+    parser.add_argument("--pods", type=int, default=6, help="the Node's pods capacity")
     parser.add_argument("--pod-cidr", required=True)
     parser.add_argument("--service-cidr", required=True)
     parser.add_argument("--program", action="append", default=[], metavar="NAME=PATH",

@@ -36,6 +36,7 @@ class ServiceProxy:
         self.slices: dict[Key, dict[str, Obj]] = {}
         self.listeners: dict[tuple[str, int], tuple[Key, str, asyncio.AbstractServer]] = {}
         self.loop = asyncio.new_event_loop()
+        self.applying = asyncio.Lock()  # one _apply at a time: two would bind the same address
         self.lock = threading.Lock()
         self.turn = itertools.count()
 
@@ -121,9 +122,13 @@ class ServiceProxy:
         return wanted
 
     def _sync(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._apply(self._wanted()), self.loop)
+        asyncio.run_coroutine_threadsafe(self._apply(), self.loop)
 
-    async def _apply(self, wanted: dict[tuple[str, int], tuple[Key, str]]) -> None:
+    async def _apply(self) -> None:
+        async with self.applying:
+            await self._apply_locked(self._wanted())  # the latest tables, not those of the event
+
+    async def _apply_locked(self, wanted: dict[tuple[str, int], tuple[Key, str]]) -> None:
         for address, (key, port_name, server) in list(self.listeners.items()):
             if wanted.get(address) != (key, port_name):
                 server.close()

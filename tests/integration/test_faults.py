@@ -280,7 +280,7 @@ CRASH_POINTS = [
 
 
 @pytest.fixture(scope="module")
-def reference(devstack: stack.State, faults_operator: FaultOperator, fruns: dict[str, str]) -> dict[str, Any]:
+def reference(devstack: stack.State, faults_operator: FaultOperator, fruns: dict[str, str]) -> Iterator[dict[str, Any]]:
     """The same run promoted with no fault: what every crashed promotion must end as."""
     ns = new_namespace(devstack)
     apply(devstack, ns, promote("reference", fruns["multi"], "crash-ref", "served"))
@@ -288,7 +288,8 @@ def reference(devstack: stack.State, faults_operator: FaultOperator, fruns: dict
     assert mp["status"]["phase"] == "Promoted", mp["status"]
     files = set(objects(devstack, "models", f"crash-ref/{fruns['multi']}/"))
     assert len(files) >= 7 and MANIFEST in files
-    return {"status": mp["status"], "files": files}
+    yield {"status": mp["status"], "files": files}
+    conftest.delete_namespace(devstack, ns)
 
 
 def _left_behind(devstack: stack.State, ns: str, prefix: str) -> dict[str, Any]:

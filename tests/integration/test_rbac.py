@@ -27,7 +27,7 @@ import yaml
 
 from devstack import stack
 
-from .conftest import REPO, STORAGE_SECRET, Operator
+from .conftest import REPO, STORAGE_SECRET, Operator, delete_namespace
 from .helpers import apply, get, phase_in, promotion, secret_data, wait_for
 
 pytestmark = pytest.mark.integration
@@ -181,6 +181,7 @@ def evidence(devstack: stack.State, crd: None, operator: Operator, mlflow_env: d
             sa_operator.stop()  # ends its watches, so their audit events are complete
         time.sleep(0.5)
         yield Evidence(ns, rbac, kubeconfig, audit(devstack, offset, USERNAME), first, second, sa_operator.text())
+        delete_namespace(devstack, ns)
     finally:
         operator.start()
 

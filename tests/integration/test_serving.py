@@ -152,12 +152,12 @@ def room_on_the_node(devstack: stack.State) -> None:
 
     def holders() -> list[str] | None:
         names = [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in pods_on_node(devstack)]
-        return None if capacity - len(names) >= 2 else names
+        return None if capacity - len(names) >= 4 else names
 
     deadline = time.monotonic() + 120
     while (held := holders()) is not None:
         assert time.monotonic() < deadline, (
-            f"the serving tests need 2 of the node's {capacity} Pod slots; after 120s these Pods hold them: {held} "
+            f"the serving tests need 4 of the node's {capacity} Pod slots; after 120s these Pods hold them: {held} "
             "(tests must delete what they are done with: conftest.delete_namespace)")
         time.sleep(1)
 
