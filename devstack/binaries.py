@@ -23,6 +23,7 @@ they share one dependency graph and Go's build cache.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import json
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,16 +211,23 @@ def build(dest: Path, names: list[str] | tuple[str, ...] = BINARIES, log=print) 
     what the first one did not.
     """
     go = _go(names)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".build-{dest.name}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"devstack: another process is building into {dest}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with build_lock(dest.parent / f".build-{dest.name}.lock", f"into {dest}", log):
         todo = [n for n in names if not _executable(dest / n)]
         if todo:
             _build_locked(go, dest, todo, log)
+
+
+@contextlib.contextmanager
+def build_lock(path: Path, what: str, log) -> Iterator[None]:
+    """A lock file held for a whole build: a second caller waits for the first one's build."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"devstack: another process is building {what}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _build_locked(go: str, dest: Path, names: list[str], log) -> None:

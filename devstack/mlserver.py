@@ -17,7 +17,6 @@ To change a pin: install the four requirements (and the changed pin) into an emp
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
@@ -27,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .binaries import SetupError, _run
+from .binaries import SetupError, _run, build_lock
 
 VERSION = "1.7.1"
 REQUIREMENTS = (f"mlserver=={VERSION}", f"mlserver-sklearn=={VERSION}", f"mlserver-mlflow=={VERSION}",
@@ -50,13 +49,7 @@ def ensure(log: Log = print) -> Path:
     venv = folder()
     if (venv / ".complete").exists():
         return venv / "bin"
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f".{venv.name}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"devstack: another process is building {venv}; waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with build_lock(venv.parent / f".{venv.name}.lock", str(venv), log):
         if not (venv / ".complete").exists():
             _build(venv, log)
     return venv / "bin"
