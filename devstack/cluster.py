@@ -44,7 +44,8 @@ def network(log: stack.Log) -> tuple[str, str, str]:
     service_cidr = f"127.{random.randint(16, 250)}.240.0/20"
     ip = shutil.which("ip")
     problem = "no `ip` command (Debian: apt-get install -y iproute2)"
-    for _ in range(10) if ip else ():
+    for _ in range(10 if ip else 0):
+        assert ip is not None
         pod_cidr = f"198.{random.randint(18, 19)}.{random.randint(0, 255)}.0/24"
         added = subprocess.run([ip, "route", "add", "local", pod_cidr, "dev", "lo"], capture_output=True, text=True)
         if added.returncode == 0:

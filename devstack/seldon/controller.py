@@ -84,6 +84,10 @@ class Controller:
         if kind != "DELETED":
             self.enqueue(key)
 
+    def _owned_listed(self, items: list[Obj]) -> None:
+        for obj in items:
+            self._owned_event("ADDED", obj)
+
     def _owned_event(self, kind: str, obj: Obj) -> None:
         for ref in obj["metadata"].get("ownerReferences") or []:
             if ref.get("kind") == "SeldonDeployment" and ref.get("controller"):
@@ -92,8 +96,8 @@ class Controller:
     def run(self) -> None:
         for path, on_list, on_event, query in (
             (SDEPS, self._sdeps_listed, self._sdep_event, {}),
-            ("/apis/apps/v1/deployments", lambda items: [self._owned_event("ADDED", i) for i in items],
-             self._owned_event, {"labelSelector": "seldon-deployment-id"}),
+            ("/apis/apps/v1/deployments", self._owned_listed, self._owned_event,
+             {"labelSelector": "seldon-deployment-id"}),
         ):
             threading.Thread(target=informer, daemon=True, name=path, args=(
                 self.kube, path, on_list, on_event, self.stop, self.log), kwargs=query).start()
