@@ -142,3 +142,22 @@ def test_a_dataframe_split_example_becomes_one_row_major_fp64_tensor() -> None:
         predict.v2_request({"instances": []})
     with pytest.raises(ValueError, match="all of one length"):
         predict.rows({"inputs": [[1, 2], [3]]})
+
+
+def _slice(*endpoints: tuple[str, dict[str, bool]]) -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": "svc-abc", "labels": {"kubernetes.io/service-name": "svc"}},
+            "ports": [{"name": "http", "port": 9000}],
+            "endpoints": [{"addresses": [ip], "conditions": cond} for ip, cond in endpoints]}
+
+
+def test_the_proxy_picks_ready_endpoints_and_serving_terminating_ones_only_when_none_is_ready() -> None:
+    from devstack.node.proxy import ServiceProxy
+
+    proxy = ServiceProxy(None, "127.50.240.0/20", lambda _m: None)  # type: ignore[arg-type]
+    terminating = {"ready": False, "serving": True, "terminating": True}
+    proxy._slices_listed([_slice(("198.18.0.2", {"ready": True}), ("198.18.0.3", terminating),
+                                 ("198.18.0.4", {"ready": False, "serving": False}))])
+    assert proxy.endpoints(("ns", "svc"), "http") == [("198.18.0.2", 9000)]
+    proxy._slices_listed([_slice(("198.18.0.3", terminating))])
+    assert proxy.endpoints(("ns", "svc"), "http") == [("198.18.0.3", 9000)]
+    assert proxy.endpoints(("ns", "svc"), "grpc") == []
