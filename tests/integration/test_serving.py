@@ -7,7 +7,7 @@ The Seldon double is not what is tested here; it only stands where Seldon's cont
 
 Each test works in a namespace of its own and deletes it at the end (the controller-manager
 finishes the deletion and garbage collection stops the processes), so at most a few MLServers
-(~450 MB each) run at once, within the node's Pod capacity.
+(~500 MiB each) run at once, within the node's Pod capacity.
 """
 
 from __future__ import annotations
@@ -339,7 +339,6 @@ def test_wrong_s3_keys_fail_the_init_container_with_rclones_message_and_mlserver
     log = devstack.kubectl("-n", ns, "logs", pod["metadata"]["name"], "-c", "model-model-initializer",
                            "--previous").stdout  # the failed start's log, as the kubelet serves it
     assert "SignatureDoesNotMatch" in log and "Failed to copy" in log
-    assert log == container_log(devstack, pod, "model-model-initializer")
     model = pod["status"]["containerStatuses"][0]
     assert model["state"] == {"waiting": {"reason": "PodInitializing"}} and model["restartCount"] == 0
     assert not container_log(devstack, pod, "model"), "MLServer was started"
