@@ -66,8 +66,10 @@ def operator(devstack: stack.State, crd: None, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
-def namespace(devstack: stack.State, crd: None) -> str:
-    return new_namespace(devstack)
+def namespace(devstack: stack.State, crd: None) -> Iterator[str]:
+    name = new_namespace(devstack)
+    yield name
+    harness.delete_namespace(devstack, name)
 
 
 def new_namespace(devstack: stack.State, prefix: str = "t") -> str:

@@ -120,9 +120,11 @@ def new_namespace(devstack: stack.State) -> str:
 
 @pytest.fixture
 def fns(devstack: stack.State, faults_operator: Operator) -> Iterator[str]:
-    yield new_namespace(devstack)
+    name = new_namespace(devstack)
+    yield name
     if not faults_operator.alive():  # a test that stopped it failed before starting it again
         faults_operator.start()
+    harness.delete_namespace(devstack, name)
 
 
 def promote(name: str, run_id: str, prefix: str, deployment: str) -> dict[str, Any]:
@@ -272,7 +274,7 @@ CRASH_POINTS = [
 
 
 @pytest.fixture(scope="module")
-def reference(devstack: stack.State, faults_operator: Operator, fruns: dict[str, str]) -> dict[str, Any]:
+def reference(devstack: stack.State, faults_operator: Operator, fruns: dict[str, str]) -> Iterator[dict[str, Any]]:
     """The same run promoted with no fault: what every crashed promotion must end as."""
     ns = new_namespace(devstack)
     apply(devstack, ns, promote("reference", fruns["multi"], "crash-ref", "served"))
@@ -280,7 +282,8 @@ def reference(devstack: stack.State, faults_operator: Operator, fruns: dict[str,
     assert mp["status"]["phase"] == "Promoted", mp["status"]
     files = set(objects(devstack, "models", f"{ns}/crash-ref/{fruns['multi']}/"))
     assert len(files) >= 7 and MANIFEST in files
-    return {"status": mp["status"], "files": files}
+    yield {"status": mp["status"], "files": files}
+    harness.delete_namespace(devstack, ns)
 
 
 def _left_behind(devstack: stack.State, ns: str, prefix: str) -> dict[str, Any]:
