@@ -28,17 +28,17 @@ $(OPSTAMP): pyproject.toml constraints.txt
 	$(OPVENV)/bin/python -m pip install -q -c constraints.txt .
 	@touch $(OPSTAMP)
 
-demo: $(STAMP) ## the whole flow on devstack: train, promote, reject, a challenger against the champion; what next
+demo: $(STAMP) ## the whole flow on devstack: train, promote, reject, a challenger against the champion, predict; what next
 	$(PY) -m devstack demo
 
-up: $(STAMP) ## start devstack (etcd, kube-apiserver, S3, MLflow); builds the binaries once
+up: $(STAMP) ## start devstack (etcd, kube-apiserver, controller-manager, scheduler, node, Seldon double, S3, MLflow); builds once
 	$(PY) -m devstack up
 
 down: ## stop devstack and everything it started
 	@test -x $(PY) && $(PY) -m devstack down || true
 
-test: $(STAMP) ## unit + integration tests (integration on a devstack of their own)
-	$(PY) -m pytest tests/unit tests/integration
+test: $(STAMP) ## unit + integration tests + the devstack e2e (each on devstacks of their own)
+	$(PY) -m pytest tests/unit tests/integration tests/e2e/test_devstack.py
 
 test-image: $(STAMP) ## build the operator and trainer images (podman, debootstrap base) and run them against devstack
 	$(PY) -m pytest tests/integration/test_image.py
@@ -50,7 +50,7 @@ test-faults: $(STAMP) ## the whole fault suite (every crash point and outage; ma
 	FAULTS_FULL=1 $(PY) -m pytest -m faults tests/integration
 
 # -s: the cluster steps take minutes; their progress shows as it happens.
-test-e2e: $(STAMP) ## kind end-to-end tests (needs Docker and kind)
+test-e2e: $(STAMP) ## end-to-end: train, promote the sample, roll out, predict; on devstack, and on kind where Docker is
 	$(PY) -m pytest -s tests/e2e
 
 crds: $(STAMP) ## regenerate crds/ (and the chart's copy) from operator/promoter/spec.py
@@ -66,7 +66,7 @@ run: $(STAMP) ## run the operator against the current kube context (all namespac
 CHART := charts/mlflow-seldon-promoter
 
 # kubectl from PATH, else the one devstack found or built.
-KUBECTL ?= $(or $(shell command -v kubectl 2>/dev/null),$(shell $(PY) -c 'from devstack import binaries; print(binaries.ensure(log=lambda m: None).folder)' 2>/dev/null)/kubectl)
+KUBECTL ?= $(or $(shell command -v kubectl 2>/dev/null),$(shell $(PY) -c 'from devstack import binaries; print(binaries.ensure(log=lambda m: None, need=("kubectl",)).path("kubectl"))' 2>/dev/null))
 MANIFESTS ?= manifests
 
 deploy: ## install the CRD and the operator in the current context (MANIFESTS=manifests/overlays/namespaced: listed namespaces)

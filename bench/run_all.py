@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30, help="memory.py's churn loop")
-    parser.add_argument("--only", default="latency,scale,memory,copy")
+    parser.add_argument("--only", default="latency,scale,memory,copy,serving")
     parser.add_argument("--profile", action="store_true", help="py-spy record the operator (latency, scale)")
     args = parser.parse_args()
     commands = {
@@ -33,6 +33,7 @@ def main() -> int:
         "scale": ["scale.py"] + (["--profile"] if args.profile else []),
         "memory": ["memory.py", "--minutes", str(args.minutes)],
         "copy": ["copy_model.py"],
+        "serving": ["serving.py"],
     }
     failed = []
     timings = {}

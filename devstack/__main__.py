@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             if not rows:
                 log("devstack: not running")
                 return 1
-            print(f"{'PROCESS':16} {'PID':>8} {'STATE':8} {'RSS MiB':>8}")
+            print(f"{'PROCESS':24} {'PID':>8} {'STATE':8} {'RSS MiB':>8}")
             for name, pid, ok, rss in rows:
-                print(f"{name:16} {pid:>8} {'running' if ok else 'stopped':8} {rss / 1024:>8.0f}")
+                print(f"{name:24} {pid:>8} {'running' if ok else 'stopped':8} {rss / 1024:>8.0f}")
             if state:
                 print(f"\nkube-apiserver {state.kube_url}\nS3 {state.s3_endpoint}\nMLflow {state.mlflow_uri}")
             return 0 if state else 1

@@ -135,3 +135,11 @@ def generate(folder: Path) -> Certs:
         )
     )
     return Certs(ca_paths[0], serving, ca_paths[1], admin, sa_public, sa_private)
+
+
+def serving_pair(folder: Path, stem: str, cn: str, ips: list[str]) -> Pair:
+    """A serving certificate for one component's own endpoint, signed by a CA of its own (its
+    clients do not check it: kube-apiserver verifies no kubelet certificate unless told a CA)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    return _write(folder, stem, *_CA(f"{cn}-ca").issue(_name(cn), server=True, sans=sans))

@@ -2,8 +2,9 @@
 
 devstack up -> CRDs -> operator -> train a model -> promote it (Promoted, recorded as the
 registry's @champion) -> a promotion whose gate cannot pass (Rejected) -> a challenger trained with
-other hyper-parameters, promoted against the serving model (baseline: Serving). Leaves everything
-running and says what to type next.
+other hyper-parameters, promoted against the serving model (baseline: Serving) -> the serving
+model's predictions, served, beside the run's own. Leaves everything running and says what to
+type next.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from . import harness, stack
+from . import harness, predict, stack
 from .binaries import SetupError
 
 REPO = stack.REPO
@@ -169,28 +170,28 @@ def main(log: Log) -> int:
     state: stack.State | None = None
     operator: harness.Operator | stack.Proc | None = None
     try:
-        log("demo: [1/7] devstack up (builds the Kubernetes binaries the first time)")
+        log("demo: [1/8] devstack up (builds the Kubernetes binaries the first time)")
         try:
             state = stack.up(log=log)
         except stack.AlreadyRunning as running:
             state = running.state
             log(f"demo: devstack already running from {state.home}")
         step = "install the CRDs"
-        log("demo: [2/7] installing the ModelPromotion CRD and the namespace")
+        log("demo: [2/8] installing the ModelPromotion CRD and the namespace")
         try:
             harness.install_crd(state)
             harness.namespace(state, NAMESPACE)
         except subprocess.CalledProcessError as e:
             raise StepFailed(step, f"kubectl {' '.join(e.cmd[3:])}: {(e.stderr or '').strip()}") from None
         step = "start the operator"
-        log("demo: [3/7] starting the operator")
+        log("demo: [3/8] starting the operator")
         operator = _operator(state, log)
         step = "train a model"
-        log("demo: [4/7] training rf-regressor (experiments/train.py) and logging it to MLflow")
+        log("demo: [4/8] training rf-regressor (experiments/train.py) and logging it to MLflow")
         run_id = _train(state, log)
         log(f"demo: run id {run_id}")
         step = "promote the run"
-        log(f"demo: [5/7] applying {SAMPLE.relative_to(REPO)} with that run id")
+        log(f"demo: [5/8] applying {SAMPLE.relative_to(REPO)} with that run id")
         champion = _promotion("rf-regressor", run_id, registry=REGISTRY)
         _kubectl(state, "-n", NAMESPACE, "apply", "-f", "-", input=champion, step=step)
         promoted = _wait(state, "rf-regressor", ("Promoted", "Rejected", "Failed"), log, step)
@@ -198,7 +199,7 @@ def main(log: Log) -> int:
             raise StepFailed(step, promoted["status"].get("message", ""), str(operator.log))
         sdep_name = promoted["spec"]["target"]["seldonDeployment"]["name"]
         step = "promote a run whose gate cannot pass"
-        log("demo: [6/7] a second promotion whose gate cannot pass (rmse <= 1)")
+        log("demo: [6/8] a second promotion whose gate cannot pass (rmse <= 1)")
         strict = [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 1}]
         _kubectl(state, "-n", NAMESPACE, "apply", "-f", "-", input=_promotion("too-strict", run_id, strict),
                  step=step)
@@ -206,7 +207,7 @@ def main(log: Log) -> int:
         if rejected["status"]["phase"] != "Rejected":
             raise StepFailed(step, "the strict gate passed", str(operator.log))
         step = "champion/challenger"
-        log("demo: [7/7] champion/challenger: a second run with other hyper-parameters, promoted only if "
+        log("demo: [7/8] champion/challenger: a second run with other hyper-parameters, promoted only if "
             f"its rmse beats the serving model's by {BEAT_BY * 100:g} %")
         contest = _champion_challenger(state, log, promoted)
         model_uri = _kubectl(state, "-n", NAMESPACE, "get", "seldondeployment", sdep_name, "-o",
@@ -219,10 +220,14 @@ def main(log: Log) -> int:
         print(_listing(state, model_uri))
         print(f"\nRejected: too-strict: {rejected['status']['message']}")
         print(f"\n{contest}")
+        step = "predict with the serving model"
+        log(f"demo: [8/8] asking {sdep_name} for predictions on the serving model's own input example")
+        predict.show(state, NAMESPACE, sdep_name, model_uri, log)
         print(f"\ndemo: done in {time.monotonic() - t0:.0f}s. Next:")
         print('  eval "$(.venv/bin/python -m devstack env)"   # kubectl and mlflow now talk to devstack')
         print(f"  kubectl get mp -n {NAMESPACE} -w            # watch promotions")
         print(f"  kubectl describe mp rf-regressor -n {NAMESPACE}")
+        print(f"  kubectl get pods -n {NAMESPACE} -o wide       # the Pod serving it, on devstack's node")
         print("  make down                                 # stop everything")
         return 0
     except StepFailed as e:
@@ -231,7 +236,7 @@ def main(log: Log) -> int:
         if logs:
             log(f"demo: see the log: {logs}")
         return 1
-    except SetupError as e:
+    except (SetupError, TimeoutError, LookupError, OSError, RuntimeError) as e:
         log(f"demo: FAILED at step '{step}': {e}")
         return 1
 

@@ -58,6 +58,13 @@ def namespace(state: stack.State, name: str | None = None, prefix: str = "t", st
     return name
 
 
+def delete_namespace(state: stack.State, name: str) -> None:
+    """Start deleting a namespace a test or benchmark is done with, without waiting: the
+    controller-manager finishes it, and garbage collection stops the Pods (MLServers) its
+    SeldonDeployments made, which frees devstack's node for what comes next."""
+    state.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
 def promotion(name: str, run_id: str, gates: list[dict[str, Any]] | None = None,
               deployment: str = "minio-sklearn", prefix: str = "rf-regressor",
               secret_name: str = "seldon-rclone-secret", scope: str | None = None,
@@ -425,6 +432,7 @@ def group_cpu_seconds(pgid: int) -> float:
     return total
 
 
-__all__ = ["CRD", "SCOPE_LABEL", "STORAGE_SECRET", "Audit", "Operator", "Request", "cpu_seconds", "group",
+__all__ = ["CRD", "SCOPE_LABEL", "STORAGE_SECRET", "Audit", "Operator", "Request", "cpu_seconds", "delete_namespace",
+           "group",
            "group_cpu_seconds", "group_rss_kib", "hwm_mib", "install_crd", "kubeconfig_for", "mlflow_env",
            "namespace", "promotion", "rss_mib", "tally", "train", "writes"]

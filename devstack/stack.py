@@ -1,4 +1,6 @@
-"""devstack: etcd, kube-apiserver, an S3 server (SeaweedFS) and MLflow as local processes.
+"""devstack: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, an S3 server
+(SeaweedFS), MLflow, a node that runs Pods as local processes and a Seldon Core v1 test double,
+all as local processes (the cluster part: cluster.py).
 
 Everything lives in one state folder (``$DEVSTACK_HOME``, default ``.devstack/`` at the repo
 top): certificates, the admin kubeconfig, data, logs and ``state.json`` with the process ids.
@@ -31,7 +33,8 @@ SELDON_CRD = Path(__file__).resolve().parent / "seldondeployments.machinelearnin
 DEFAULT_S3_ACCESS_KEY = "devstack"
 DEFAULT_S3_SECRET_KEY = "devstack-secret-key"
 BUCKETS = ("mlflow", "models")
-SERVERS = ("etcd", "kube-apiserver", "weed", "mlflow")
+SERVERS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "weed", "mlflow", "node",
+           "seldon-controller")
 
 Log = Callable[[str], None]
 
@@ -62,6 +65,9 @@ class State:
     mlflow_uri: str
     processes: list[Proc] = field(default_factory=list)
     started_at: float = 0.0
+    pod_cidr: str = ""
+    service_cidr: str = ""
+    pod_route: str = ""  # the route devstack added for the Pod network ("" when none)
 
     @classmethod
     def load(cls, home: Path) -> State | None:
@@ -267,9 +273,12 @@ def up(home: Path | None = None, log: Log = print) -> State:
     stale = State.load(home)
     if stale:  # a half-dead stack from before: clean it up first
         down(home, log=lambda _m: None)
+    from . import cluster  # imports this module: a cycle at import time otherwise
+
     t0 = time.monotonic()
     bins = binaries.ensure(log=log)
-    for sub in ("etcd", "s3", "mlflow", "certs", "logs"):
+    tools = cluster.programs(log)
+    for sub in ("etcd", "s3", "mlflow", "certs", "logs", "pods"):
         shutil.rmtree(home / sub, ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
     access = os.environ.get("DEVSTACK_S3_ACCESS_KEY", DEFAULT_S3_ACCESS_KEY)
@@ -277,14 +286,16 @@ def up(home: Path | None = None, log: Log = print) -> State:
     s3_port = _port_from_env("DEVSTACK_S3_PORT", "S3")
     mlflow_port = _port_from_env("DEVSTACK_MLFLOW_PORT", "MLflow")
     kube_port = _port_from_env("DEVSTACK_KUBE_PORT", "kube-apiserver")
+    pod_cidr, service_cidr, pod_route = cluster.network(log)  # from here on, down() removes the route
     state = State(
         home=str(home), bin_dir=str(bins.folder), kubeconfig=str(home / "kubeconfig"),
         kube_url=f"https://127.0.0.1:{kube_port}", s3_endpoint=f"http://127.0.0.1:{s3_port}",
         s3_access_key=access, s3_secret_key=secret, mlflow_uri=f"http://127.0.0.1:{mlflow_port}",
-        started_at=time.time(),
+        started_at=time.time(), pod_cidr=pod_cidr, service_cidr=service_cidr, pod_route=pod_route,
     )
     try:
-        _start_kube(state, bins, home, kube_port, log)
+        c = _start_kube(state, bins, home, kube_port, log)
+        cluster.start_controllers(state, bins, c, log)
         _start_s3(state, home, s3_port, log)
         _start_mlflow(state, home, mlflow_port, log)
         log("devstack: installing the SeldonDeployment CRD")
@@ -292,6 +303,8 @@ def up(home: Path | None = None, log: Log = print) -> State:
                           str(SELDON_CRD))
         _kubectl_until_ok(state, "waiting for the SeldonDeployment CRD", "wait", "--for=condition=established",
                           "--timeout=30s", "crd/seldondeployments.machinelearning.seldon.io")
+        cluster.start_node(state, tools, log)
+        cluster.start_seldon(state, log)
     except BaseException:
         state.save()
         down(home, log=lambda _m: None)
@@ -332,7 +345,7 @@ rules:
 """
 
 
-def _start_kube(state: State, bins: binaries.Binaries, home: Path, kube_port: int, log: Log) -> None:
+def _start_kube(state: State, bins: binaries.Binaries, home: Path, kube_port: int, log: Log) -> certs.Certs:
     c = certs.generate(home / "certs")
     audit_policy = home / "audit-policy.yaml"
     audit_policy.write_text(AUDIT_POLICY)
@@ -356,8 +369,9 @@ def _start_kube(state: State, bins: binaries.Binaries, home: Path, kube_port: in
         f"--secure-port={kube_port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
         f"--cert-dir={home / 'certs'}",
         f"--tls-cert-file={c.serving.cert}", f"--tls-private-key-file={c.serving.key}",
-        "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
+        f"--service-cluster-ip-range={state.service_cidr}", "--allow-privileged=true",
         "--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount",
+        "--kubelet-preferred-address-types=InternalIP",  # `kubectl logs`: the node's address, not its name
         f"--client-ca-file={c.client_ca}",
         f"--service-account-issuer={state.kube_url}/",
         f"--service-account-key-file={c.sa_public}",
@@ -383,6 +397,7 @@ def _start_kube(state: State, bins: binaries.Binaries, home: Path, kube_port: in
     path = Path(state.kubeconfig)
     path.write_text(json.dumps(kubeconfig, indent=2))
     path.chmod(0o600)
+    return c
 
 
 def _start_s3(state: State, home: Path, port: int, log: Log) -> None:
@@ -475,7 +490,13 @@ def down(home: Path | None = None, log: Log = print) -> bool:
     for proc in reversed(state.processes):
         if alive(proc):
             log(f"devstack: stopping {proc.name} (pid {proc.pid})")
-        stop(proc)
+        stop(proc, grace=15.0 if proc.name == "node" else 5.0)  # the node stops its Pods first
+    from . import cluster
+    from .node.containers import stop_leftovers
+
+    for pid in stop_leftovers(home / "pods"):  # a node killed before it could stop its Pods
+        log(f"devstack: stopped a container process group left behind (pid {pid})")
+    cluster.remove_route(state.pod_route)
     (home / "state.json").unlink(missing_ok=True)
     log(f"devstack: down in {time.monotonic() - t0:.1f}s")
     return True

@@ -135,7 +135,7 @@ def test_the_operator_runs_from_the_image_with_the_manifests(cluster: None) -> N
 def test_a_trained_run_is_promoted_and_its_seldon_deployment_becomes_available(promoted: str) -> None:
     mp = kubectl_json("-n", NAMESPACE, "get", "modelpromotion", PROMOTION)
     assert mp["status"]["phase"] == "Promoted", mp["status"].get("message")
-    assert mp["status"]["modelUri"] == f"s3://models/rf-regressor/{promoted}"
+    assert mp["status"]["modelUri"] == f"s3://models/{NAMESPACE}/rf-regressor/{promoted}"
     assert [g["passed"] for g in mp["status"]["gates"]] == [True, True]
     assert mp["status"]["message"].endswith(f"{PROMOTION} now serves run {promoted}")
     sdep = kubectl_json("-n", NAMESPACE, "get", "seldondeployment", PROMOTION)

@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -66,8 +66,25 @@ def operator(devstack: stack.State, crd: None, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
-def namespace(devstack: stack.State, crd: None) -> str:
-    return new_namespace(devstack)
+def namespace(devstack: stack.State, crd: None) -> Iterator[str]:
+    name = new_namespace(devstack)
+    yield name
+    harness.delete_namespace(devstack, name)
+
+
+@pytest.fixture
+def namespaces(devstack: stack.State, crd: None) -> Iterator[Callable[[str], str]]:
+    """A maker of fresh namespaces (``namespaces("tq")``), all deleted when the test is done:
+    the Pods their SeldonDeployments make hold slots of devstack's node."""
+    made: list[str] = []
+
+    def make(prefix: str) -> str:
+        made.append(new_namespace(devstack, prefix))
+        return made[-1]
+
+    yield make
+    for name in made:
+        harness.delete_namespace(devstack, name)
 
 
 def new_namespace(devstack: stack.State, prefix: str = "t") -> str:

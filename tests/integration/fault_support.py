@@ -120,7 +120,9 @@ class Seen:
 class SeldonWatcher:
     """Records every version of the SeldonDeployments in a namespace, checking at each event
     that the prefix it points at already holds a manifest. The watch starts at the
-    resourceVersion of a list made in ``start``, so no version is missed."""
+    resourceVersion of a list made in ``start``, so no version is missed. A write of the status
+    alone (Seldon's controller's, devstack's Seldon double's) is not a version of what was
+    written: events that leave generation, labels and annotations as they were are skipped."""
 
     def __init__(self, devstack: stack.State, namespace: str) -> None:
         self.devstack, self.namespace = devstack, namespace
@@ -130,6 +132,7 @@ class SeldonWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._rv = ""
+        self._written: dict[str, Any] = {}  # name -> (generation, labels, annotations) last recorded
 
     def start(self) -> SeldonWatcher:
         group, version, plural = SELDON
@@ -161,6 +164,10 @@ class SeldonWatcher:
 
     def _record(self, type_: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata", {})
+        written = (meta.get("generation"), meta.get("labels"), meta.get("annotations"))
+        if type_ == "MODIFIED" and self._written.get(meta.get("name", "")) == written:
+            return
+        self._written[meta.get("name", "")] = written
         uri = obj["spec"]["predictors"][0]["graph"].get("modelUri", "")
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         try:

@@ -29,6 +29,17 @@ def get(devstack: stack.State, namespace: str, kind: str, name: str) -> dict[str
     return json.loads(out.stdout) if out.returncode == 0 else None
 
 
+def as_written(obj: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a writer of the object's spec and metadata changes: the generation, labels,
+    annotations and spec. Not its status or resourceVersion, which devstack's Seldon double
+    updates as the Deployment it made rolls out, as Seldon's controller does."""
+    if obj is None:
+        return None
+    meta = obj["metadata"]
+    return {"generation": meta.get("generation"), "labels": meta.get("labels") or {},
+            "annotations": meta.get("annotations") or {}, "spec": obj.get("spec")}
+
+
 def wait_for(devstack: stack.State, namespace: str, name: str,
              until: Callable[[dict[str, Any]], bool], timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout

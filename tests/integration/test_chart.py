@@ -108,7 +108,8 @@ def test_the_chart_and_manifests_hold_the_operator_to_the_same_egress_and_admiss
     assert chart_vap["spec"]["validations"] == kust_vap["spec"]["validations"]
     assert chart_vap["spec"]["matchConstraints"] == kust_vap["spec"]["matchConstraints"]
     sa = one(chart, "ServiceAccount")["metadata"]
-    assert f"system:serviceaccount:{sa['namespace']}:{sa['name']}" in chart_vap["spec"]["matchConditions"][0]["expression"]
+    condition = chart_vap["spec"]["matchConditions"][0]["expression"]
+    assert f"system:serviceaccount:{sa['namespace']}:{sa['name']}" in condition
     binding = one(chart, "ValidatingAdmissionPolicyBinding")
     assert binding["spec"] == {"policyName": chart_vap["metadata"]["name"], "validationActions": ["Deny"]}
     assert by_kind(render({"networkPolicy": {"enabled": False}, "admissionPolicy": {"enabled": False}}),

@@ -46,7 +46,13 @@ def test_the_demo_promotes_a_run_rejects_the_strict_one_and_lets_a_better_challe
         assert re.search(rf"^\s+\d+\s+mlops-demo/rf-regressor/{run_id}/promotion-manifest\.json$", out, re.M)
         assert re.search(r"^Rejected: too-strict: gate failed: rmse [0-9.]+ is not <= 1$", out, re.M)
         assert 'eval "$(.venv/bin/python -m devstack env)"' in out and "make down" in out
-        assert "demo: [7/7]" in result.stderr  # progress shown throughout
+        assert "demo: [8/8]" in result.stderr  # progress shown throughout
+        # it ends with the served model's predictions beside the run's own, and a curl line
+        predictions = out.split(
+            f"Predictions for s3://models/mlops-demo/rf-regressor/{run_id}/serving_input_example.json", 1)[1]
+        served = re.findall(r"^\s+(\d+)\s+(\S+)\s+(\S+)$", predictions.split("The same request", 1)[0], re.M)
+        assert len(served) >= 1 and all(float(by_server) == float(local) for _, by_server, local in served), served
+        assert re.search(r"^  curl -s -X POST http://127\.[0-9.]+:8000/v2/models/model/infer ", out, re.M)
     finally:
         subprocess.run([sys.executable, "-m", "devstack", "down"], env=env, capture_output=True, timeout=120)
     state = stack.State.load(home)

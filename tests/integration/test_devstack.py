@@ -9,6 +9,7 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -147,18 +148,39 @@ def test_second_up_changes_nothing_and_down_leaves_no_process(tmp_path: Path, de
     cli = [sys.executable, "-m", "devstack"]
     started = subprocess.run([*cli, "up"], env=env, capture_output=True, text=True, timeout=300)
     assert started.returncode == 0, started.stderr[-3000:]
-    first = stack.State.load(home)
-    assert first is not None and all(stack.alive(p) for p in first.processes)
-    assert {p.name for p in first.processes} == {"etcd", "kube-apiserver", "weed", "mlflow"}
+    try:
+        first = stack.State.load(home)
+        assert first is not None and all(stack.alive(p) for p in first.processes)
+        assert {p.name for p in first.processes} == {"etcd", "kube-apiserver", "kube-controller-manager",
+                                                     "kube-scheduler", "weed", "mlflow", "node", "seldon-controller"}
 
-    again = subprocess.run([*cli, "up"], env=env, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 0
-    assert "already running" in again.stderr
-    second = stack.State.load(home)
-    assert second is not None and [p.pid for p in second.processes] == [p.pid for p in first.processes]
+        again = subprocess.run([*cli, "up"], env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0
+        assert "already running" in again.stderr
+        second = stack.State.load(home)
+        assert second is not None and [p.pid for p in second.processes] == [p.pid for p in first.processes]
 
-    subprocess.run([*cli, "down"], env=env, check=True, capture_output=True, timeout=120)
-    assert not any(stack.alive(p) for p in first.processes)
+        # a Pod on the node: a process of its own, which down must stop too
+        first.kubectl("-n", "default", "run", "sleeper", "--image=seldonio/rclone-storage-initializer:1.18.2",
+                      "--restart=Never", "--command", "--", "sleep", "600")
+        pod_pid = 0
+        for _ in range(100):
+            pod = json.loads(first.kubectl("-n", "default", "get", "pod", "sleeper", "-o", "json").stdout)
+            statuses = pod["status"].get("containerStatuses") or [{}]
+            if "running" in statuses[0].get("state", {}):
+                pod_pid = int(statuses[0]["containerID"].removeprefix("devstack://"))
+                break
+            time.sleep(0.2)
+        assert pod_pid and Path(f"/proc/{pod_pid}").exists()
+
+        stopped = subprocess.run([*cli, "down"], env=env, capture_output=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not any(stack.alive(p) for p in first.processes)
+        assert not Path(f"/proc/{pod_pid}").exists()
+        routes = subprocess.run(["ip", "route", "show", "table", "local"], capture_output=True, text=True).stdout
+        assert not first.pod_route or first.pod_route not in routes  # the Pod network's route went too
+    finally:  # whatever failed above, leave nothing running
+        subprocess.run([*cli, "down"], env=env, capture_output=True, timeout=120)
     leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _mentions(pid, str(home))]
     assert leftovers == []
 

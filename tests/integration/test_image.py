@@ -73,6 +73,7 @@ def running(devstack: stack.State, crd: None, built: image.Built) -> Iterator[Ev
     values["settings"]["PROMOTER_SCOPE"] = SCOPE
     release = install(devstack, values)
     pod: PodRun | None = None
+    namespace: str | None = None
     try:
         deployment = get(devstack, release.namespace, "deployment", release.name)
         assert deployment is not None
@@ -106,6 +107,8 @@ def running(devstack: stack.State, crd: None, built: image.Built) -> Iterator[Ev
     finally:
         if pod is not None:
             pod.stop()
+        if namespace is not None:
+            harness.delete_namespace(devstack, namespace)
         release.uninstall()
 
 

@@ -146,6 +146,7 @@ def evidence(devstack: stack.State, crd: None, tmp_path_factory: pytest.TempPath
         sa_operator.stop()  # ends its watches, so their audit events are complete
     time.sleep(0.5)
     yield Evidence(ns, rbac, kubeconfig, audit(devstack, offset, USERNAME), first, second, sa_operator.text())
+    harness.delete_namespace(devstack, ns)
 
 
 def _work(devstack: stack.State, ns: str, run_id: str, operator: Operator) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -21,7 +21,7 @@ import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import pytest
 from devstack import harness, stack
 from devstack.harness import REPO, Operator
 
-from .helpers import RMSE_BELOW_1, condition, events, get, objects, phase_in, read_object, s3, wait_for
+from .helpers import RMSE_BELOW_1, as_written, condition, events, get, objects, phase_in, read_object, s3, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -167,7 +167,7 @@ class Tenant:
 
 
 @pytest.fixture
-def tenant(devstack: stack.State, crd: None, tmp_path: Path) -> Tenant:
+def tenant(devstack: stack.State, crd: None, tmp_path: Path) -> Iterator[Tenant]:
     """A namespace with the storage Secret, a Secret the tenant may read (app-config), and the
     tenant's ServiceAccount: ModelPromotions, and `get` of app-config, nothing else."""
     ns = harness.namespace(devstack, prefix="tn")
@@ -182,7 +182,8 @@ def tenant(devstack: stack.State, crd: None, tmp_path: Path) -> Tenant:
                "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": ns}]}
     for obj in (role, binding):
         devstack.kubectl("-n", ns, "apply", "-f", "-", input=json.dumps(obj))
-    return Tenant(ns, _token_kubeconfig(devstack, ns, "tenant", tmp_path / "tenant.kubeconfig"))
+    yield Tenant(ns, _token_kubeconfig(devstack, ns, "tenant", tmp_path / "tenant.kubeconfig"))
+    harness.delete_namespace(devstack, ns)
 
 
 def _token_kubeconfig(devstack: stack.State, ns: str, sa: str, path: Path) -> Path:
@@ -302,14 +303,14 @@ def test_a_platform_seldondeployment_is_not_patched_until_its_owner_hands_it_ove
         devstack: stack.State, tenancy_operator: Operator, tenant: Tenant, runs: dict[str, str]) -> None:
     platform = {"apiVersion": "machinelearning.seldon.io/v1", "kind": "SeldonDeployment",
                 "metadata": {"name": "platform"},
-                "spec": {"protocol": "v2", "predictors": [{"name": "default", "replicas": 3, "graph": {
+                "spec": {"protocol": "v2", "predictors": [{"name": "default", "replicas": 1, "graph": {
                     "name": "model", "implementation": "SKLEARN_SERVER", "modelUri": "s3://models/platform/v7"}}]}}
     devstack.kubectl("-n", tenant.namespace, "apply", "-f", "-", input=json.dumps(platform))
-    before = get(devstack, tenant.namespace, "seldondeployment", "platform")
+    before = as_written(get(devstack, tenant.namespace, "seldondeployment", "platform"))
     tenant.apply(devstack, promotion("grab", runs["mlflow2"], deployment="platform"))
     mp = decided(devstack, tenant.namespace, "grab")
     assert (mp["status"]["phase"], reason(mp)) == ("Rejected", "NotManaged")
-    assert get(devstack, tenant.namespace, "seldondeployment", "platform") == before
+    assert as_written(get(devstack, tenant.namespace, "seldondeployment", "platform")) == before
     devstack.kubectl("-n", tenant.namespace, "annotate", "seldondeployment", "platform", "mlops.dev/adopt=true")
     obj = promotion("grab", runs["mlflow2"], deployment="platform")
     obj["spec"]["target"]["seldonDeployment"]["replicas"] = 2  # a new generation tries again
@@ -322,9 +323,9 @@ def test_a_platform_seldondeployment_is_not_patched_until_its_owner_hands_it_ove
 
 def test_one_namespaces_stalling_huge_or_model_heavy_upstream_leaves_another_namespace_on_time(
         devstack: stack.State, tenancy_operator: Operator, runs: dict[str, str],
-        upstreams: tuple[Upstream, Upstream]) -> None:
+        upstreams: tuple[Upstream, Upstream], namespaces: Callable[[str], str]) -> None:
     _, allowed = upstreams
-    quiet, noisy = harness.namespace(devstack, prefix="tq"), harness.namespace(devstack, prefix="tx")
+    quiet, noisy = namespaces("tq"), namespaces("tx")
 
     def timed(name: str, deployment: str) -> float:
         started = time.monotonic()
@@ -351,19 +352,16 @@ def test_one_namespaces_stalling_huge_or_model_heavy_upstream_leaves_another_nam
     trickling = get(devstack, noisy, "mp", "trickle-0")
     assert trickling is not None
     assert "did not answer" in condition(trickling, "Reconciling")["message"]
-    for i in range(4):  # done with them: no more load on the module's other tests
-        for mode in ("trickle", "huge", "many"):
-            devstack.kubectl("-n", noisy, "delete", "mp", f"{mode}-{i}", "--wait=false")
 
 
 def test_the_operators_service_account_may_update_only_the_secrets_it_made(
-        devstack: stack.State, crd: None, tmp_path: Path) -> None:
+        devstack: stack.State, crd: None, tmp_path: Path, namespaces: Callable[[str], str]) -> None:
     devstack.kubectl("apply", "-k", str(REPO / "manifests" / "admission"))
     devstack.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace",
                                                            "metadata": {"name": "promoter-system"}}))
     devstack.kubectl("-n", "promoter-system", "apply", "-f", "-", input=json.dumps(
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "mlflow-seldon-promoter"}}))
-    ns = harness.namespace(devstack, prefix="vap")
+    ns = namespaces("vap")
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "secrets"},
             "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"]}]}
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "secrets"},
