@@ -28,7 +28,7 @@ $(OPSTAMP): pyproject.toml constraints.txt
 	$(OPVENV)/bin/python -m pip install -q -c constraints.txt .
 	@touch $(OPSTAMP)
 
-demo: $(STAMP) ## the whole flow on devstack: train, promote, reject, predict with the served model; prints what to type next
+demo: $(STAMP) ## the whole flow on devstack: train, promote, reject, a challenger against the champion, predict; what next
 	$(PY) -m devstack demo
 
 up: $(STAMP) ## start devstack (etcd, kube-apiserver, controller-manager, scheduler, node, Seldon double, S3, MLflow); builds once

@@ -106,11 +106,12 @@ class Hand:
         import io
 
         self.s3.put_object("models", dst + "promotion-manifest.json", io.BytesIO(raw), len(raw))
+        owner = seldon.owner(NS, name, "hand-scripted")  # the owner annotation the operator's children carry
         secret = seldon.render_rclone_secret(f"rclone-{name}", NS, self.state.s3_endpoint,
-                                             self.state.s3_access_key, self.state.s3_secret_key)
+                                             self.state.s3_access_key, self.state.s3_secret_key, owner)
         self.core.create_namespaced_secret(NS, secret)
         sdep = seldon.render_seldon_deployment(spec.target.seldon_deployment, NS, f"s3://models/{dst}",
-                                               {"mlops.dev/promotion": name})
+                                               {"mlops.dev/promotion": name}, owner)
         self.custom.create_namespaced_custom_object(*SELDON[:2], NS, SELDON[2], sdep)
         return time.monotonic() - t0
 

@@ -1,7 +1,7 @@
 """Scale: 1,000 ModelPromotions created at once, across a few SeldonDeployments and namespaces.
 
     .venv/bin/python bench/scale.py [--promotions 1000] [--namespaces 4] [--deployments 5] [--runs 3]
-                                    [--idle-seconds 30] [--profile]
+                                    [--idle-seconds 30] [--profile] [--baseline] [--registry]
 
 Few distinct runs (``--runs``, 1 MiB each) and one prefix, so copies are reused: each run is
 copied once per bucket prefix (or a few times, when promotions of one run race), most promotions
@@ -14,12 +14,19 @@ counted in kube-apiserver's audit log for the operator's own client certificate 
 ``promoter-bench``; the benchmark's calls are another user); peak operator RSS (VmRSS polled every
 0.2 s); operator CPU while idle afterwards (utime+stime over --idle-seconds); then the operator is
 restarted and the writes it makes while resuming every promotion are counted (target: zero).
+MLflow requests are counted in the tracking server's access log (only the operator calls it then).
+
+``--baseline`` adds a gate against the serving run (``rmse LessThanOrEqual baseline: Serving,
+minRelativeChange: 0``: the runs tie, so every promotion still passes); ``--registry`` records each
+Promoted promotion in the Model Registry (``registry: {model: bench-sd-<k>, alias: champion}``).
+Use them with ``--tag`` to keep the plain run's results.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +49,25 @@ def wait_quiet(audit: common.Audit, mark: int, quiet: float, limit: float) -> tu
             break
         time.sleep(1)
     return last_change - start, audit.mark()
+
+
+MLFLOW_REQUEST = re.compile(r'"(GET|POST|DELETE|PATCH) /api/2\.0/mlflow/([a-z/-]+?)(?:/m-[0-9a-f]+)?(?:\?\S*)? HTTP')
+
+
+def mlflow_requests(state: Any, start: int, end: int) -> dict[str, int]:
+    """'METHOD endpoint' -> count, from MLflow's access log between two byte offsets."""
+    with open(Path(state.home) / "logs" / "mlflow.log", "rb") as f:
+        f.seek(start)
+        text = f.read(end - start).decode(errors="replace")
+    counts: dict[str, int] = {}
+    for method, endpoint in MLFLOW_REQUEST.findall(text):
+        key = f"{method} {endpoint}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def mlflow_mark(state: Any) -> int:
+    return (Path(state.home) / "logs" / "mlflow.log").stat().st_size
 
 
 def copies(metrics: dict[str, float]) -> str:
@@ -80,6 +106,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--quiet", type=float, default=10, help="seconds without a change that count as settled")
     parser.add_argument("--profile", action="store_true", help="py-spy record the operator while it works")
+    parser.add_argument("--baseline", action="store_true", help="add a baseline: Serving gate to every promotion")
+    parser.add_argument("--registry", action="store_true", help="record every promotion in the Model Registry")
     common.add_experiment_args(parser)
     args = parser.parse_args()
     res, op_env = common.experiment("scale", args)
@@ -105,7 +133,7 @@ def main() -> int:
             sampler = common.RssSampler(op.pid)
             sampler.start()
             prof = common.Profiler(op.pid, common.RESULTS / "scale.pyspy.txt") if args.profile else None
-            mark = audit.mark()
+            mark, mlflow0 = audit.mark(), mlflow_mark(state)
             cpu0 = common.cpu_seconds(op.pid)
             servers0 = common.stack_cpu(state)
 
@@ -115,8 +143,13 @@ def main() -> int:
 
             def create(i: int) -> None:
                 ns, sd = target(i)
-                custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                                       common.promotion(f"s-{i:04d}", runs[i % len(runs)], sd))
+                body = common.promotion(f"s-{i:04d}", runs[i % len(runs)], sd)
+                if args.baseline:
+                    body["spec"]["gates"].append({"metric": "rmse", "op": "LessThanOrEqual", "baseline": "Serving",
+                                                  "minRelativeChange": 0.0})
+                if args.registry:
+                    body["spec"]["registry"] = {"model": f"bench-{sd}", "alias": "champion"}
+                custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
 
             log(f"creating {n} promotions")
             t0 = time.monotonic()
@@ -147,6 +180,7 @@ def main() -> int:
             servers = {k: v - servers0.get(k, 0.0) for k, v in common.stack_cpu(state).items()}
             profile = prof.stop() if prof else {}
             mark_settled = audit.mark()
+            mlflow_reqs = mlflow_requests(state, mlflow0, mlflow_mark(state))
             metrics = op.metrics()
             rss_after = common.rss_mib(op.pid)
             time.sleep(5)
@@ -202,6 +236,7 @@ def main() -> int:
             ["API requests by the operator (audit log)", len(reqs)],
             ["  per promotion", per],
             ["  writes per promotion", len(w) / n if reqs else float("nan")],
+            ["MLflow requests by the operator (its access log), per promotion", sum(mlflow_reqs.values()) / n],
             ["operator CPU while working, s (of one core)", cpu_busy],
             ["devstack servers' CPU meanwhile, s", ", ".join(f"{k} {v:.1f}" for k, v in servers.items())],
             ["operator RSS idle after start, MiB", rss_idle_start],
@@ -220,6 +255,9 @@ def main() -> int:
     res.tables.append(common.table("scale: operator API requests per promotion, by kind (audit log)",
                                    ["verb resource (client)", "total", "per promotion"],
                                    [[k, v, v / n] for k, v in common.tally(reqs).items()]))
+    res.tables.append(common.table("scale: operator MLflow requests per promotion, by endpoint (MLflow's access log)",
+                                   ["method endpoint", "total", "per promotion"],
+                                   [[k, v, v / n] for k, v in mlflow_reqs.items()]))
     if resume_reqs:
         res.tables.append(common.table("scale: requests on restart 2 (resume of every promotion, nothing changed)",
                                        ["verb resource (client)", "total"],
@@ -228,6 +266,8 @@ def main() -> int:
         res.tables.append(common.profile_table("scale: operator profile while working", profile))
     res.data.update({
         "promotions": n, "namespaces": args.namespaces, "deployments": args.deployments, "runs": args.runs,
+        "baseline_gate": args.baseline, "registry": args.registry, "mlflow_requests_by_endpoint": mlflow_reqs,
+        "mlflow_requests_per_promotion": sum(mlflow_reqs.values()) / n,
         "object_bytes_mean": sum(sizes) / max(1, len(sizes)),
         "create_s": t_created, "all_terminal_s": t_all_terminal, "settled_s": t_settled, "phases": phases,
         "inconsistent": inconsistent, "api_requests": len(reqs), "api_requests_per_promotion": per,

@@ -100,11 +100,13 @@ def mlflow_env(state: stack.State) -> dict[str, str]:
 
 
 def train(state: stack.State, seed: int = 42, n_estimators: int | None = None, experiment: str | None = None,
-          log: Path | None = None, timeout: float = 600) -> tuple[str, dict[str, float]]:
+          log: Path | None = None, timeout: float = 600, max_depth: int | None = None) -> tuple[str, dict[str, float]]:
     """experiments/train.py as a user runs it: the run id and the metrics it printed."""
     argv = [sys.executable, str(REPO / "experiments" / "train.py"), "--seed", str(seed)]
     if n_estimators:
         argv += ["--n-estimators", str(n_estimators)]
+    if max_depth:
+        argv += ["--max-depth", str(max_depth)]
     if experiment:
         argv += ["--experiment", experiment]
     with open(log, "w") if log else contextlib.nullcontext() as err:

@@ -114,15 +114,21 @@ def train(args: argparse.Namespace, uri: str) -> str:
                     "test_size": test_size,
                 }
             )
-            mlflow.log_metrics(metrics)
             mlflow.set_tag("data_sha256", hashlib.sha256(args.data.read_bytes()).hexdigest())
-            mlflow.sklearn.log_model(
+            logged = mlflow.sklearn.log_model(
                 model,
                 name=args.model_name,
                 serialization_format="cloudpickle",
                 signature=infer_signature(X_train, preds),
                 input_example=X_train.head(2),
             )
+            # The metrics name the data they were computed on and the model they score: MLflow 3
+            # keeps (name, digest) with each metric of the logged model, which is what a
+            # `sameDataset: true` gate compares between a challenger and the serving run.
+            test_set = mlflow.data.from_pandas(
+                X_test.assign(target=y_test), name=f"{args.data.stem}-test", targets="target"
+            )
+            mlflow.log_metrics(metrics, dataset=test_set, model_id=logged.model_id)
     except MlflowException as exc:
         fail(1, f"MLflow at {uri} refused the run: {str(exc).splitlines()[0]}")
     except store_errors as exc:

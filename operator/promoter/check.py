@@ -7,6 +7,9 @@ restoring a deleted or edited child and writing nothing when all is in order. Th
 at what the promotion deployed (``status.modelUri``), not at where the spec would put a copy
 today, so a promotion made before a change of layout keeps being checked where its model is.
 
+A serving promotion the Model Registry does not record yet (``spec.registry``, ``Recorded``
+not True) is recorded again here (``registry.record_again``).
+
 A problem found here (a Secret gone, S3 refusing, a child no longer the operator's) never
 demotes a serving promotion: the model keeps serving, ``Ready=False`` (reason Degraded) says what
 is wrong, and the check is retried. Only a copy that no longer matches its manifest is Failed.
@@ -14,7 +17,7 @@ is wrong, and the check is retried. Only a copy that no longer matches its manif
 
 from __future__ import annotations
 
-from . import children, credentials, policy, status
+from . import children, credentials, policy, registry, status
 from .artifacts import Copier, parse_s3_uri
 from .children import Ref
 from .context import Context
@@ -26,21 +29,22 @@ from .status import Draft, Event, Outcome
 
 def check(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft) -> Outcome:
     target = spec.target.seldon_deployment
+    run_id = draft.model.run_id or spec.source.run_id or ""  # a registeredModel's, as it was resolved
     with ctx.ownership.check(ref.namespace, target.name) as deployment:
         owner = deployment.owner()
         if draft.model.phase is Phase.SUPERSEDED:
             if owner != ref.name:
                 return Outcome()
-            message = status.reclaimed(draft, target.name, spec.source.run_id)
+            message = status.reclaimed(draft, target.name, run_id)
             deployment.report(ref.name, draft)
             return Outcome(events=[Event("Normal", "Reclaimed", message, "Check")])
         if owner is not None and owner != ref.name:
             message = status.superseded(draft, owner, target.name)
             deployment.report(ref.name, draft)
             return Outcome(events=[Event("Normal", "Superseded", message, "Check")])
-        serving = draft.model.model_uri or model_uri(spec)
+        serving = draft.model.model_uri or model_uri(spec, run_id=run_id or None)
         try:
-            restored = _verify_and_restore(ctx, ref, spec, serving, deployment)
+            restored = _verify_and_restore(ctx, ref, spec, serving, run_id, deployment)
         except ArtifactTampered as e:  # the copy changed under the deployment: reported, not repointed
             ctx.metrics.outcome(status.rejected(draft, e).value)
             deployment.report(ref.name, draft)
@@ -61,11 +65,13 @@ def check(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft) -> Out
         if restored:
             events.append(Event("Normal", "Restored", f"restored the rclone Secret or SeldonDeployment "
                                 f"{target.name} to serve {serving}", "Check"))
+        recorded = registry.record_again(ctx, ref.namespace, ref.name, spec, draft)
         deployment.report(ref.name, draft)
-    return Outcome(events=events)
+    return Outcome(events=events + recorded.events, retry=recorded.retry)
 
 
-def _verify_and_restore(ctx: Context, ref: Ref, spec: ModelPromotionSpec, serving: str, deployment: Check) -> bool:
+def _verify_and_restore(ctx: Context, ref: Ref, spec: ModelPromotionSpec, serving: str, run_id: str,
+                        deployment: Check) -> bool:
     """The copy still matches its manifest; the children say what this promotion wrote (put
     back when deleted or edited). True when a child was written."""
     storage = spec.target.storage
@@ -78,7 +84,7 @@ def _verify_and_restore(ctx: Context, ref: Ref, spec: ModelPromotionSpec, servin
     if result is None:
         raise ArtifactTampered(copier.uri, "the manifest is gone")
     wrote_secret = children.rclone_secret(ctx, ref, spec, endpoint, keys)
-    wrote_deployment, _ = deployment.restore(ref.name, children.deployment(ref, spec, serving, result.digest))
+    wrote_deployment, _ = deployment.restore(ref.name, children.deployment(ref, spec, serving, result.digest, run_id))
     return wrote_secret or wrote_deployment
 
 

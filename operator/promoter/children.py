@@ -13,10 +13,9 @@ from typing import Any
 from . import seldon
 from .context import Context
 from .credentials import Keys
-from .ownership import PROMOTION_ANNOTATION
+from .ownership import PROMOTION_ANNOTATION, RUN_ANNOTATION
 from .spec import ModelPromotionSpec
 
-RUN_ANNOTATION = "mlops.dev/run-id"
 DIGEST_ANNOTATION = "mlops.dev/artifact-digest"
 
 
@@ -63,9 +62,9 @@ def rclone_secret(ctx: Context, ref: Ref, spec: ModelPromotionSpec, endpoint: st
         what, "spec.target.seldonDeployment.secretName", merge, secret=True)) != "unchanged"
 
 
-def deployment(ref: Ref, spec: ModelPromotionSpec, model_uri: str, digest: str) -> dict[str, Any]:
-    """The SeldonDeployment serving ``model_uri`` for this promotion."""
-    annotations = {PROMOTION_ANNOTATION: ref.name, RUN_ANNOTATION: spec.source.run_id, DIGEST_ANNOTATION: digest}
+def deployment(ref: Ref, spec: ModelPromotionSpec, model_uri: str, digest: str, run_id: str) -> dict[str, Any]:
+    """The SeldonDeployment serving ``model_uri``, the model of run ``run_id``, for this promotion."""
+    annotations = {PROMOTION_ANNOTATION: ref.name, RUN_ANNOTATION: run_id, DIGEST_ANNOTATION: digest}
     return seldon.render_seldon_deployment(spec.target.seldon_deployment, ref.namespace, model_uri, annotations,
                                            ref.owner)
 

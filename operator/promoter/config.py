@@ -6,11 +6,14 @@ MinIO; the README's configuration reference lists them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
+
+from . import runtimes
 
 SCOPE_LABEL = "mlops.dev/scope"
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -125,6 +128,10 @@ class Settings:
     storage_roots: tuple[tuple[str, str, str], ...] = ()
     # Promotions of one namespace reconciled at once (0: half the workers, at least one).
     namespace_workers: int = 0
+    # The image that serves "IMPLEMENTATION/protocol", over runtimes.SERVING_IMAGES, and what an
+    # image has ({"python": "3.10", "scikit-learn": "1.5.2"}), over runtimes.IMAGE_VERSIONS.
+    serving_images: Mapping[str, str] = field(default_factory=dict)
+    image_versions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def artifact_s3_endpoint(self) -> str:
@@ -145,6 +152,39 @@ class Settings:
     @property
     def lane_width(self) -> int:
         return self.namespace_workers or max(1, self.workers // 2)
+
+
+def _serving_images(env: Mapping[str, str]) -> dict[str, str]:
+    name, raw = "PROMOTER_SERVING_IMAGES", env.get("PROMOTER_SERVING_IMAGES", "")
+    images: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, _, image = item.partition("=")
+        if key.strip() not in runtimes.SERVING_IMAGES or not image.strip():
+            raise ConfigError(f"{name}={raw!r}: each item must be IMPLEMENTATION/protocol=image, with one of "
+                              f"{', '.join(runtimes.SERVING_IMAGES)}; got {item!r}")
+        images[key.strip()] = image.strip()
+    return images
+
+
+def _image_versions(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    name, raw = "PROMOTER_IMAGE_VERSIONS", env.get("PROMOTER_IMAGE_VERSIONS", "")
+    if not raw.strip():
+        return {}
+    shape = (f"must be a JSON object of image -> {{library: version}} with libraries among "
+             f"{', '.join(runtimes.LIBRARIES)}, e.g. "
+             '{"my/mlserver:1.8": {"python": "3.12", "scikit-learn": "1.6.1"}}')
+    try:
+        table = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {shape}; it is not JSON") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name}: {shape}")
+    for image, versions in table.items():
+        if not isinstance(versions, dict) or not all(
+                lib in runtimes.LIBRARIES and isinstance(v, str) and re.fullmatch(r"[0-9][0-9A-Za-z.+-]*", v)
+                for lib, v in versions.items()):
+            raise ConfigError(f"{name}: {shape}; the entry for {image!r} is {versions!r}")
+    return table
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -179,4 +219,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         allowed_artifact_roots=_s3_roots(env, "PROMOTER_ALLOWED_ARTIFACT_ROOTS", "s3://mlflow/"),
         storage_roots=_storage_roots(env, "PROMOTER_STORAGE_ROOTS"),
         namespace_workers=_int(env, "PROMOTER_NAMESPACE_WORKERS", 0, 0, 128),
+        serving_images=_serving_images(env),
+        image_versions=_image_versions(env),
     )

@@ -56,12 +56,14 @@ _KEPT = {
 _DROPPED = {"title", "additionalProperties", "$defs"}
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Run", "type": "string", "jsonPath": ".spec.source.runId"},
+    # status.runId: a registeredModel source names its run only once resolved.
+    {"name": "Run", "type": "string", "jsonPath": ".status.runId"},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Gates", "type": "string", "jsonPath": ".status.gateSummary"},
     {"name": "Deployment", "type": "string", "jsonPath": ".spec.target.seldonDeployment.name"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Model", "type": "string", "jsonPath": ".status.modelUri", "priority": 1},
+    {"name": "Version", "type": "string", "jsonPath": ".status.modelVersion.version", "priority": 1},
 ]
 
 

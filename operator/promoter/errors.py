@@ -6,20 +6,27 @@
     ├── Rejected                  permanent: nothing changes until the spec (or the run) does
     │   ├── InvalidSpec           a spec field is malformed           reason InvalidSpec
     │   ├── RunNotFound           no such run on the tracking server   reason RunNotFound
+    │   ├── ModelVersionNotFound  no such registered model/version/alias reason ModelVersionNotFound
     │   ├── RunNotUsable          FAILED, KILLED or deleted run        reason RunNotUsable
     │   ├── RunTimedOut           still running after the bound        reason RunNotFinished
     │   ├── GatesFailed           a metric missed its gate             reason GatesFailed
     │   ├── ModelNotFound         the run has no such model            reason ModelNotFound
     │   ├── IncompatibleModel     the server cannot load the model     reason IncompatibleModel
+    │   ├── VersionSkew           model libraries differ from the image's reason VersionSkew
     │   ├── ModelTooLarge         over PROMOTER_MAX_FILES / _BYTES     reason ModelTooLarge
     │   ├── CredentialsProblem    Secret missing or lacks a key        reason CredentialsInvalid
     │   ├── NotAllowed            outside the admin's allowlists       reason NotAllowed
     │   ├── NotManaged            a child the operator did not make    reason NotManaged
     │   ├── CopyConflict          another copy is at the target prefix reason CopyConflict
-    │   └── ArtifactTampered      copy does not match its manifest     reason ArtifactTampered
+    │   ├── ArtifactTampered      copy does not match its manifest     reason ArtifactTampered
+    │   └── RegistryRefused       MLflow refused a registry write      reason RegistryRefused
     └── Waiting                   temporary: retry after .delay seconds; .upstream names whom
         ├── RunNotFinished        the run is still running             reason RunNotFinished
+        ├── ServingChanged        the deployment changed its run while judged reason ServingChanged
         └── Unavailable           MLflow, S3 or the API server is down reason <Upstream>Unavailable
+
+A ``RegistryRefused`` (or ``Unavailable``) while recording a Promoted promotion in the registry
+never rejects it: it becomes the condition ``Recorded=False`` and is retried.
 
 The handlers turn ``Rejected`` into ``kopf.PermanentError`` and ``Waiting`` into
 ``kopf.TemporaryError(delay=...)``; ``.reason`` is the CamelCase word used for conditions and
@@ -112,6 +119,19 @@ class RunNotFound(Rejected):
         super().__init__(f"run {run_id} not found on MLflow at {tracking_uri}")
 
 
+class ModelVersionNotFound(Rejected):
+    """The registered model, its version or its alias is not on the tracking server."""
+
+    reason = "ModelVersionNotFound"
+
+    def __init__(self, name: str, tracking_uri: str, version: str = "", alias: str = "", code: str = "") -> None:
+        self.name, self.version, self.alias, self.code = name, version, alias, code
+        which = f"version {version}" if version else f"alias @{alias}"
+        said = f", {code}" if code and code != "-" else ""
+        super().__init__(f"registered model {name!r} {which} not found on MLflow at {tracking_uri} "
+                         f"(no such model or no such {'version' if version else 'alias'}{said})")
+
+
 class RunNotUsable(Rejected):
     """The run ended badly (FAILED, KILLED) or was deleted; its model is not promotable."""
 
@@ -169,6 +189,16 @@ class IncompatibleModel(Rejected):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem}; to fix: {fix}")
+
+
+class VersionSkew(Rejected):
+    """The model was saved with library versions the serving image does not have."""
+
+    reason = "VersionSkew"
+
+    def __init__(self, detail: str, fix: str) -> None:
+        self.detail, self.fix = detail, fix
+        super().__init__(f"{detail}; to fix: {fix}")
 
 
 class ModelTooLarge(Rejected):
@@ -237,6 +267,17 @@ class ArtifactTampered(Rejected):
         super().__init__(f"artifact at {uri} does not match its manifest: {detail}")
 
 
+class RegistryRefused(Rejected):
+    """MLflow answered a registry request with a 4xx; ``code`` is its error_code, the only part
+    of its answer repeated (the body may echo anything)."""
+
+    reason = "RegistryRefused"
+
+    def __init__(self, tracking_uri: str, what: str, status: int, code: str) -> None:
+        self.status, self.code = status, code
+        super().__init__(f"MLflow at {tracking_uri} refused {what}: {status} {code}")
+
+
 class Waiting(PromoterError):
     """Temporary: try again after ``delay`` seconds; ``upstream`` is what is waited for."""
 
@@ -255,6 +296,17 @@ class RunNotFinished(Waiting):
         self.run_id = run_id
         self.status = status
         super().__init__(f"run {run_id} is {status}; waiting for it to finish", "mlflow", delay)
+
+
+class ServingChanged(Waiting):
+    """Another promotion took the deployment while this one was judged against what it served."""
+
+    reason = "ServingChanged"
+
+    def __init__(self, deployment: str, judged: str | None, now: str | None, delay: float = 1.0) -> None:
+        self.judged, self.now = judged, now
+        super().__init__(f"{deployment} now serves run {now or 'nothing'}, not run {judged or 'nothing'} the "
+                         "baseline gates were judged against; judging again", "kubernetes", delay)
 
 
 class Unavailable(Waiting):

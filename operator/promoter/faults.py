@@ -2,7 +2,8 @@
 
 ``PROMOTER_CRASH_AT=<step>`` makes the operator SIGKILL itself when a promotion reaches that
 step boundary, so a test can prove that a restart converges with nothing half-done exposed.
-``mid-copy`` takes a file count: ``mid-copy:2`` dies once two files are copied.
+``mid-copy`` takes a file count: ``mid-copy:2`` dies once two files are copied. ``after-promoted``
+is after the Promoted status is written and before the registry record.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import signal
 import sys
 
-STEPS = ("after-gates", "mid-copy", "before-manifest", "after-secret", "after-seldon")
+STEPS = ("after-gates", "mid-copy", "before-manifest", "after-secret", "after-seldon", "after-promoted")
 
 _step, _, _count = os.environ.get("PROMOTER_CRASH_AT", "").partition(":")
 if _step and _step not in STEPS:

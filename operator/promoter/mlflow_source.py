@@ -1,4 +1,4 @@
-"""The MLflow side: a run, its metrics, and where its model's files are.
+"""The MLflow side: a run, its metrics, where its model's files are, and the Model Registry.
 
 Plain REST over ``requests``: MLflow's own client retries for minutes, and inside an operator
 kopf's backoff does the retrying. Every call has a deadline for the whole exchange
@@ -10,6 +10,13 @@ Two layouts are supported:
   ``logged-models/search`` (by run and name) gives the model's ``artifact_uri``, outside the
   run's folder, however many models the run logged.
 * MLflow 2: the files sit at ``<run artifact_uri>/<model name>``.
+
+Every request, reads and registry writes alike, goes through :meth:`MlflowClient._call`. MLflow
+3.x keeps the dataset (name, digest) each metric was computed on with the metrics of the logged
+model it scores (``logged-models/{id}``); ``runs/get`` leaves it out. A registered model
+version's ``source`` is ``models:/<model_id>`` (MLflow 3), ``runs:/<run>/<path>`` or the files'
+own URI (MLflow 2). A registry write MLflow refuses with a 4xx is ``RegistryRefused``, naming
+MLflow's ``error_code`` only.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ from typing import Any, Protocol
 import requests
 
 from .deadline import HTTPAdapter, deadline
-from .errors import RunNotFound, Unavailable, clip
+from .errors import ModelVersionNotFound, RegistryRefused, RunNotFound, Unavailable, clip
+from .gates import Dataset
 
 ANSWER_LIMIT = 8 * 1024 * 1024  # bytes of one MLflow answer; a run's metrics and tags fit many times
 CHUNK = 64 * 1024
 
 MetricValue = float | str | None
+API = "/api/2.0/mlflow"
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class Run:
     metrics: Mapping[str, MetricValue]
     model_ids: tuple[str, ...] = field(default_factory=tuple)
     experiment_id: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,23 @@ class ModelLocation:
     uri: str  # s3://bucket/key/prefix or mlflow-artifacts:/path
     layout: str  # "logged-model" (MLflow 3) or "run-artifacts" (MLflow 2)
     model_id: str = ""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model version as ``model-versions/get`` describes it."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        """The MLflow 3 logged model the version was registered from, if any."""
+        rest = self.source.removeprefix("models:/")
+        return rest if rest != self.source and rest.startswith("m-") and "/" not in rest else ""
 
 
 @dataclass(frozen=True)
@@ -63,12 +90,25 @@ class Auth:
 
 class MlflowApi(Protocol):
     """What the reconcile asks of a tracking server (:class:`MlflowClient`; an in-memory one in
-    the unit tests). Failures: ``RunNotFound``, else ``Unavailable``."""
+    the unit tests). Failures: ``RunNotFound``, ``ModelVersionNotFound``, ``RegistryRefused``,
+    else ``Unavailable``."""
 
     tracking_uri: str
 
     def get_run(self, run_id: str) -> Run: ...
     def model_candidates(self, run: Run, model_name: str) -> list[ModelLocation]: ...
+    def metric_datasets(self, run: Run) -> dict[str, Dataset]: ...
+    # the registry
+    def model_version(self, name: str, version: str) -> ModelVersion: ...
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion: ...
+    def version_candidates(self, version: ModelVersion, run: Run) -> list[ModelLocation]: ...
+    def find_versions(self, name: str, run_id: str = "", tag: tuple[str, str] | None = None) -> list[ModelVersion]: ...
+    def register(self, name: str, run: Run, location: ModelLocation) -> ModelVersion: ...
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None: ...
+    def delete_version_tag(self, name: str, version: str, key: str) -> None: ...
+    def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None: ...
+    def delete_run_tag(self, run_id: str, key: str) -> None: ...
 
 
 class MlflowClient:
@@ -153,6 +193,116 @@ class MlflowClient:
         found.append(ModelLocation(f"{run.artifact_uri.rstrip('/')}/{model_name}", "run-artifacts"))
         return found
 
+    def logged_model(self, model_id: str) -> Mapping[str, Any] | None:
+        """``logged-models/{id}``: the model's ``info`` and ``data``; None when there is none."""
+        path = f"{API}/logged-models/{model_id}"
+        code, payload = self._call("GET", path)
+        if code == 404:
+            return None
+        model = self._ok(path, code, payload).get("model")
+        return model if isinstance(model, Mapping) else None
+
+    def metric_datasets(self, run: Run) -> dict[str, Dataset]:
+        """metric -> the dataset it was computed on, from the run's logged models."""
+        found: dict[str, Dataset] = {}
+        for model_id in run.model_ids:
+            data = (self.logged_model(model_id) or {}).get("data") or {}
+            for metric in data.get("metrics") or []:
+                if isinstance(metric, Mapping) and metric.get("dataset_digest") and metric.get("key") not in found:
+                    found[str(metric["key"])] = Dataset(clip(str(metric.get("dataset_name", "")), 256),
+                                                        clip(str(metric["dataset_digest"]), 64))
+        return found
+
+    # --- the registry: reads ---------------------------------------------------------------
+
+    def model_version(self, name: str, version: str) -> ModelVersion:
+        return self._version("model-versions/get", name, version=version)
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion:
+        return self._version("registered-models/alias", name, alias=alias)
+
+    def _version(self, endpoint: str, name: str, version: str = "", alias: str = "") -> ModelVersion:
+        path = f"{API}/{endpoint}"
+        which = {"version": version} if version else {"alias": alias}
+        code, payload = self._call("GET", path, {"name": name, **which})
+        if code in (400, 404):
+            raise ModelVersionNotFound(name, self.tracking_uri, version=version, alias=alias, code=error_code(payload))
+        return parse_version(self._ok(path, code, payload).get("model_version"))
+
+    def version_candidates(self, version: ModelVersion, run: Run) -> list[ModelLocation]:
+        """Where a registered version's files are: its logged model, its runs:/ path or its
+        source URI as given."""
+        if version.model_id:
+            info = (self.logged_model(version.model_id) or {}).get("info") or {}
+            uri = str(info.get("artifact_uri") or "").rstrip("/")
+            return [ModelLocation(uri, "logged-model", version.model_id)] if uri else []
+        if version.source.startswith("runs:/"):
+            _, _, path = version.source.removeprefix("runs:/").partition("/")
+            return [ModelLocation(f"{run.artifact_uri.rstrip('/')}/{path.strip('/')}", "run-artifacts")]
+        return [ModelLocation(version.source.rstrip("/"), "run-artifacts")]
+
+    def find_versions(self, name: str, run_id: str = "", tag: tuple[str, str] | None = None) -> list[ModelVersion]:
+        """Versions of ``name`` registered from ``run_id`` and/or carrying ``tag`` (key, value)."""
+        terms = [f"name = '{name}'"]  # names, run ids and tag values are checked: no quotes in them
+        if run_id:
+            terms.append(f"run_id = '{run_id}'")
+        if tag:
+            terms.append(f"tags.`{tag[0]}` = '{tag[1]}'")
+        path = f"{API}/model-versions/search"
+        code, payload = self._call("GET", path, {"filter": " and ".join(terms), "max_results": "100"})
+        if 400 <= code < 500:
+            raise RegistryRefused(self.tracking_uri, f"searching the versions of {name!r}", code, error_code(payload))
+        found = self._ok(path, code, payload).get("model_versions") or []
+        return [parse_version(v) for v in found if isinstance(v, Mapping)]
+
+    # --- the registry: writes --------------------------------------------------------------
+
+    def _write(self, method: str, endpoint: str, body: Mapping[str, Any], what: str,
+               absent_is_fine: bool = False) -> Mapping[str, Any]:
+        """A registry write; a 4xx is MLflow refusing it (RESOURCE_DOES_NOT_EXIST is what was
+        asked for when ``absent_is_fine``: a tag already gone)."""
+        path = f"{API}/{endpoint}"
+        code, payload = self._call(method, path, body=body)
+        if absent_is_fine and code == 404:
+            return {}
+        if 400 <= code < 500:
+            raise RegistryRefused(self.tracking_uri, what, code, error_code(payload))
+        return self._ok(path, code, payload)
+
+    def register(self, name: str, run: Run, location: ModelLocation) -> ModelVersion:
+        """A new version of ``name`` (created when missing) from the run's model."""
+        path = f"{API}/registered-models/create"
+        code, payload = self._call("POST", path, body={"name": name})
+        if 400 <= code < 500 and error_code(payload) != "RESOURCE_ALREADY_EXISTS":
+            raise RegistryRefused(self.tracking_uri, f"creating registered model {name!r}", code, error_code(payload))
+        body: dict[str, Any] = {"name": name, "run_id": run.run_id,
+                                "source": f"models:/{location.model_id}" if location.model_id else location.uri}
+        if location.model_id:
+            body["model_id"] = location.model_id
+        created = self._write("POST", "model-versions/create", body, f"registering run {run.run_id} as {name!r}")
+        return parse_version(created.get("model_version"))
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._write("POST", "registered-models/alias", {"name": name, "alias": alias, "version": version},
+                    f"setting alias {alias!r} on {name!r} version {version}")
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self._write("POST", "model-versions/set-tag", {"name": name, "version": version, "key": key, "value": value},
+                    f"tagging {name!r} version {version}")
+
+    def delete_version_tag(self, name: str, version: str, key: str) -> None:
+        self._write("DELETE", "model-versions/delete-tag", {"name": name, "version": version, "key": key},
+                    f"untagging {name!r} version {version}", absent_is_fine=True)
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self._write("POST", "runs/log-batch", {"run_id": run_id, "tags": [{"key": k, "value": v}
+                                                                          for k, v in tags.items()]},
+                    f"tagging run {run_id}")
+
+    def delete_run_tag(self, run_id: str, key: str) -> None:
+        self._write("POST", "runs/delete-tag", {"run_id": run_id, "key": key}, f"untagging run {run_id}",
+                    absent_is_fine=True)
+
 
 def _read(response: requests.Response) -> bytes | None:
     """The body, or None when it is over ANSWER_LIMIT (the rest is not read)."""
@@ -164,10 +314,16 @@ def _read(response: requests.Response) -> bytes | None:
     return bytes(out)
 
 
+def error_code(payload: Any) -> str:
+    """MLflow's error_code (e.g. RESOURCE_DOES_NOT_EXIST), the one part of an error answer the
+    operator repeats: a word of capitals, or "-"."""
+    code = str(payload.get("error_code") or "") if isinstance(payload, Mapping) else ""
+    return code if code and len(code) <= 64 and code.replace("_", "").isalnum() and code.isupper() else "-"
+
+
 def _error_code(payload: Any) -> str:
-    """MLflow's error_code, the one part of an error answer worth showing."""
-    code = payload.get("error_code") if isinstance(payload, Mapping) else None
-    return f" ({clip(str(code), 64)})" if code else ""
+    code = error_code(payload)
+    return f" ({code})" if code != "-" else ""
 
 
 def parse_run(payload: Mapping[str, Any]) -> Run:
@@ -178,6 +334,8 @@ def parse_run(payload: Mapping[str, Any]) -> Run:
         metrics[str(m.get("key"))] = m.get("value")
     outputs = run.get("outputs", {}) or {}
     model_ids = tuple(str(o["model_id"]) for o in outputs.get("model_outputs", []) or [] if o.get("model_id"))
+    tags = {str(t.get("key")): str(t.get("value", "")) for t in run.get("data", {}).get("tags", []) or []
+            if isinstance(t, Mapping)}
     return Run(
         experiment_id=str(info.get("experiment_id") or ""),
         run_id=str(info.get("run_id") or info.get("run_uuid") or ""),
@@ -186,4 +344,13 @@ def parse_run(payload: Mapping[str, Any]) -> Run:
         artifact_uri=str(info.get("artifact_uri", "")),
         metrics=metrics,
         model_ids=model_ids,
+        tags=tags,
     )
+
+
+def parse_version(payload: Any) -> ModelVersion:
+    mv = payload if isinstance(payload, Mapping) else {}
+    tags = {str(t.get("key")): str(t.get("value", "")) for t in mv.get("tags") or [] if isinstance(t, Mapping)}
+    # what reaches status and messages is bounded: a name as the spec allows, a version number, a run id
+    return ModelVersion(name=clip(str(mv.get("name", "")), 256), version=clip(str(mv.get("version", "")), 32),
+                        run_id=clip(str(mv.get("run_id") or ""), 64), source=str(mv.get("source") or ""), tags=tags)

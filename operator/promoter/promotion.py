@@ -2,10 +2,13 @@
 
 A new generation of the spec goes through every step::
 
-    parse spec -> allowed? (policy) -> run on MLflow (finished?) -> gates
-      -> find the model, read MLmodel -> verified copy under <root>/<prefix>/<runId>/ (or reuse
-      one that provably holds the same model) -> rclone Secret
+    parse spec -> allowed? (policy) -> a registeredModel resolved to its version and run (registry)
+      -> run on MLflow (finished?) -> gates (baseline gates against the run the deployment serves)
+      -> find the model, read MLmodel, its library versions against the serving image's
+      (candidate) -> verified copy under <root>/<prefix>/<runId>/ (or reuse one that provably
+      holds the same model) -> rclone Secret
       -> SeldonDeployment + own status Promoted + the previous one Superseded (ownership.take)
+      -> the Model Registry record (registry), once Promoted
 
 A generation already decided is cheap: Rejected and Failed stay as they are; Promoted and
 Superseded are checked (``check``) against the SeldonDeployment, the copy and the children.
@@ -22,18 +25,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
-from . import check, children, credentials, faults, gates, policy, seldon, status
-from .artifacts import Copier, CopyResult, FileEntry, ModelFolder, ObjectStore, locate
+from . import candidate, check, children, credentials, faults, gates, policy, registry, status
+from .artifacts import Copier, CopyResult, ObjectStore
 from .children import Ref
 from .config import Settings
 from .context import Context
 from .errors import (
     GatesFailed,
-    IncompatibleModel,
     InvalidSpec,
-    ModelTooLarge,
+    ModelVersionNotFound,
     Rejected,
     RunNotFinished,
     RunNotUsable,
@@ -42,13 +42,12 @@ from .errors import (
     Waiting,
     clip,
 )
-from .mlflow_source import MlflowApi, Run
-from .spec import Artifact, ModelPromotionSpec, Phase, Progress, model_uri, object_prefix, parse_spec
+from .mlflow_source import MlflowApi, ModelLocation, ModelVersion, Run
+from .spec import Artifact, ModelPromotionSpec, ModelVersionRef, Phase, Progress, model_uri, object_prefix, parse_spec
 from .status import Draft, Event, Outcome
 
 PROGRESS_EVERY = 2.0  # seconds between progress patches while copying
 SUMMARY_LIMIT = 256  # characters of the GATES column
-MLMODEL_LIMIT = 256 * 1024  # bytes of an MLmodel file; a real one is a few hundred
 DECIDED = (Phase.PROMOTED, Phase.REJECTED, Phase.SUPERSEDED, Phase.FAILED)
 CHECKED = (Phase.PROMOTED, Phase.SUPERSEDED)  # settled phases that are checked against the deployment
 
@@ -100,10 +99,11 @@ def _waiting(ctx: Context, draft: Draft, e: Waiting) -> Outcome:
 def _promote(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft, waited: float) -> Outcome:
     s = ctx.settings
     target, storage = spec.target.seldon_deployment, spec.target.storage
-    draft.model.run_id, draft.model.deployment = spec.source.run_id, target.name
+    draft.model.deployment = target.name
     if draft.model.phase in DECIDED:
         draft.model.phase = Phase.PENDING  # a new generation starts over
-    draft.unset("supersededBy")
+    draft.unset("supersededBy", "modelVersion")
+    draft.drop(status.RECORDED, status.VERSIONS_MATCH)
     # What the spec names must be allowed before a Secret is read or a request sent.
     tracking = policy.tracking_uri(spec.source.tracking_uri, s)
     endpoint = policy.storage_endpoint(storage.endpoint, getattr(storage.credentials_secret_ref, "name", None), s)
@@ -112,9 +112,21 @@ def _promote(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft, wai
     mlflow_env = credentials.data(ctx, ref.namespace, spec.source.credentials_secret_ref,
                                   "spec.source.credentialsSecretRef")
     client = ctx.mlflow(tracking, credentials.mlflow_auth(mlflow_env))
-    run = client.get_run(spec.source.run_id)
+    version = registry.resolve(client, spec)
+    if version is not None:
+        draft.model.model_version = _version_ref(spec, version)
+        if not version.run_id:
+            raise ModelVersionNotFound(version.name, client.tracking_uri, version=version.version,
+                                       code="it names no run: promote a version logged from a run")
+    run_id = version.run_id if version else str(spec.source.run_id)
+    draft.model.run_id = run_id
+    run = client.get_run(run_id)
     _usable(run, waited, s)
-    verdict = gates.evaluate(spec.gates, run.metrics)
+    judged = ctx.ownership.serving(ref.namespace, target.name) if candidate.has_baseline(spec) else None
+    champion = candidate.champion(client, spec, judged, run_id)
+    compared = champion is not None and champion.run_id != run_id
+    datasets = client.metric_datasets(run) if compared and candidate.same_dataset(spec) else {}
+    verdict = gates.evaluate(spec.gates, run.metrics, champion, run_id, datasets)
     draft.model.gates, draft.model.gate_summary = list(verdict.results), clip(verdict.summary, SUMMARY_LIMIT)
     if not verdict.passed:
         raise GatesFailed(verdict.message)
@@ -124,10 +136,11 @@ def _promote(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft, wai
     keys = credentials.storage_keys(ctx, ref.namespace, spec)
     target_store = ctx.store(endpoint, *keys)
     source_store = _source_store(ctx, ref.namespace, spec, endpoint, keys, mlflow_env)
-    folder, files = _find_model(client, source_store, run, spec, s)
-    copier = Copier(target_store, storage.bucket, object_prefix(spec, root), s.copy_concurrency)
-    result = _copy(ctx, ref, copier, folder, files, spec)
-    draft.model.model_uri = model_uri(spec, root)
+    located = candidate.find_model(client, source_store, run, version, spec, s)
+    events = candidate.check_versions(draft, spec, located, s)
+    copier = Copier(target_store, storage.bucket, object_prefix(spec, root, run_id), s.copy_concurrency)
+    result = _copy(ctx, ref, copier, located, spec, run_id)
+    draft.model.model_uri = model_uri(spec, root, run_id)
     draft.model.artifact = Artifact(files=result.files, bytes=result.bytes, digest=result.digest,
                                     manifest=result.manifest_key)
     draft.condition("ArtifactCopied", "True", "Verified" if result.mode != "reused" else "Reused",
@@ -136,15 +149,41 @@ def _promote(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft, wai
     children.rclone_secret(ctx, ref, spec, endpoint, keys)
     faults.checkpoint("after-secret")
     message = (f"promoted: {verdict.message.removeprefix('gates passed: ')}; "
-               f"{target.name} now serves run {spec.source.run_id}")
+               f"{target.name} now serves run {run_id}")
+    if version is not None:
+        message += f" ({version.name} version {version.version})"
     final = draft.copy()  # the draft stays as it was should the write fail
     status.promoted(final, message, f"SeldonDeployment {target.name} serves {final.model.model_uri}")
     taken = ctx.ownership.take(ref.namespace, target.name, ref.name,
-                               children.deployment(ref, spec, draft.model.model_uri, result.digest), final)
+                               children.deployment(ref, spec, draft.model.model_uri, result.digest, run_id), final,
+                               judged)
     ctx.metrics.outcome(Phase.PROMOTED.value)
     if taken.previous:  # said in the one Event: an Event is an API request too
         message += f" (taken over from ModelPromotion {taken.previous})"
-    return Outcome(events=[Event("Normal", "Promoted", message, "Promote")])
+    events.append(Event("Normal", "Promoted", clip(message), "Promote"))
+    return _now_promoted(ctx, ref, spec, final, client, events, run, located.location)
+
+
+def _now_promoted(ctx: Context, ref: Ref, spec: ModelPromotionSpec, final: Draft, client: MlflowApi,
+                  events: list[Event], run: Run, location: ModelLocation | None) -> Outcome:
+    """The promotion serves: what follows from that (today, the registry record). It happens
+    under the deployment's lock and only while this promotion still serves it, so a later
+    takeover's record (the alias, the serving tag) is never overwritten by this one's."""
+    if spec.registry is None:
+        return Outcome(events=events)
+    faults.checkpoint("after-promoted")
+    with ctx.ownership.still_serving(ref.namespace, spec.target.seldon_deployment.name, ref.name) as held:
+        if held is None:  # taken over already, or about to be: the promotion serving last records
+            return Outcome(events=events)
+        after = Draft(final.written(), final.generation)
+        outcome = registry.record_outcome(ctx, client, ref.namespace, ref.name, spec, after, run, location)
+        held.report(ref.name, after)
+    return Outcome(events=events + outcome.events, retry=outcome.retry)
+
+
+def _version_ref(spec: ModelPromotionSpec, version: ModelVersion) -> ModelVersionRef:
+    ref = spec.source.registered_model
+    return ModelVersionRef(name=version.name, version=version.version, alias=ref.alias if ref else None)
 
 
 def _usable(run: Run, waited: float, s: Settings) -> None:
@@ -173,44 +212,10 @@ def _source_store(ctx: Context, namespace: str, spec: ModelPromotionSpec, target
     return ctx.store(endpoint, *credentials.storage_keys(ctx, namespace, None))
 
 
-def _find_model(client: MlflowApi, source: ObjectStore, run: Run, spec: ModelPromotionSpec,
-                settings: Settings) -> tuple[ModelFolder, dict[str, FileEntry]]:
-    """The model's folder and files: at an allowed place, within the operator's bounds, and
-    loadable by the chosen server."""
-    name = spec.source.model_name
-    candidates = [loc.uri for loc in client.model_candidates(run, name)]
-    for uri in candidates:  # before a byte is read from it
-        if uri.startswith("s3://"):
-            policy.artifact_source(source.endpoint, uri, settings)
-    what = f"model {name!r} of run {run.run_id} (spec.source.modelName)"
-    folder, files = locate([(source, uri) for uri in candidates], run.run_id, name, limit=settings.max_files)
-    check_limits(files, settings, what)
-    raw = folder.read("MLmodel", MLMODEL_LIMIT + 1) or b""
-    if len(raw) > MLMODEL_LIMIT:
-        raise IncompatibleModel(f"the model's MLmodel file is over {MLMODEL_LIMIT} bytes",
-                                "log the model with mlflow.<flavor>.log_model")
-    try:
-        mlmodel = yaml.safe_load(raw) or {}
-    except yaml.YAMLError:
-        mlmodel = {}
-    seldon.check_model_compatibility(mlmodel if isinstance(mlmodel, dict) else {}, list(files),
-                                     spec.target.seldon_deployment.implementation,
-                                     spec.target.seldon_deployment.protocol)
-    return folder, files
-
-
-def check_limits(files: Mapping[str, FileEntry], settings: Settings, what: str) -> None:
-    """Reject a model folder over the operator's bounds before a byte is copied."""
-    if len(files) > settings.max_files:  # listings stop one file past the limit
-        raise ModelTooLarge(what, len(files), "files", "PROMOTER_MAX_FILES", settings.max_files, more=True)
-    total = sum(f.size for f in files.values())
-    if total > settings.max_bytes:
-        raise ModelTooLarge(what, total, "bytes", "PROMOTER_MAX_BYTES", settings.max_bytes)
-
-
-def _copy(ctx: Context, ref: Ref, copier: Copier, folder: ModelFolder, files: Mapping[str, FileEntry],
-          spec: ModelPromotionSpec) -> CopyResult:
-    reused = copier.existing(dict(files), folder, spec.source.run_id)
+def _copy(ctx: Context, ref: Ref, copier: Copier, located: candidate.Located, spec: ModelPromotionSpec,
+          run_id: str) -> CopyResult:
+    folder, files = located.folder, located.files
+    reused = copier.existing(dict(files), folder, run_id)
     if reused is not None:
         return reused
     lock, last = threading.Lock(), [time.monotonic()]
@@ -229,10 +234,9 @@ def _copy(ctx: Context, ref: Ref, copier: Copier, folder: ModelFolder, files: Ma
                                  bytes_total=bytes_total).model_dump(by_alias=True)})
 
     started = time.monotonic()
-    result = copier.copy(folder, dict(files), {"runId": spec.source.run_id,
-                                               "modelName": spec.source.model_name}, report)
+    result = copier.copy(folder, dict(files), {"runId": run_id, "modelName": spec.source.model_name}, report)
     ctx.metrics.copied(result.mode, result.bytes, time.monotonic() - started)
     return result
 
 
-__all__ = ["CHECKED", "DECIDED", "check_limits", "reconcile"]
+__all__ = ["CHECKED", "DECIDED", "reconcile"]

@@ -42,6 +42,10 @@ ENDPOINT_PATTERN = r"^https?://[^\s/?#@]+/?$"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 METRIC_PATTERN = r"^[A-Za-z0-9_./ -]{1,250}$"
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"
+# MLflow refuses '/' and ':' in a registered model name; quotes would break its search filters.
+REGISTERED_MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,255}$"
+# MLflow's own alias rule (letters, digits, '_' and '-'), in ASCII.
+ALIAS_PATTERN = r"^[A-Za-z0-9_-]{1,255}$"
 PREFIX_PATTERN = r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$"
 
 # What a failed pattern means, in words; the parser says this instead of echoing the regex.
@@ -60,6 +64,9 @@ _PATTERN_MEANING = {
     "starting and ending with a letter or digit",
     PREFIX_PATTERN: "must be a relative path: segments of letters, digits, '.', '_' and '-' joined "
     "by single '/', with no leading or trailing '/'",
+    REGISTERED_MODEL_PATTERN: "must be an MLflow registered model name: 1-256 of letters, digits, '.', '_', "
+    "'-' and ' ', starting with a letter or digit",
+    ALIAS_PATTERN: "must be an MLflow alias: 1-255 of letters, digits, '_' and '-'",
 }
 
 
@@ -99,6 +106,25 @@ def _bucket_rules(value: str) -> str:
     return value
 
 
+def _not_reserved_alias(value: str) -> str:
+    # MLflow reserves "latest" (it moves with every new version) and "v<N>" (version N).
+    if value.lower() == "latest":
+        raise ValueError("'latest' is reserved by MLflow and moves with every new version: "
+                         "pin a version (version: N) or an alias you set (alias: champion)")
+    if re.fullmatch(r"[vV][0-9]+", value):
+        raise ValueError(f"{value!r} is reserved by MLflow for version {value[1:]}: write version: {value[1:]}")
+    return value
+
+
+_ALIAS_RULES = _rules(
+    ("self.lowerAscii() != 'latest'",
+     "alias 'latest' is reserved by MLflow and moves with every new version: pin a version or an alias"),
+    ("!self.matches('^[vV][0-9]+$')", "aliases v<N> are reserved by MLflow for version N: write version: N"),
+)
+Alias = Annotated[str, Field(max_length=255, pattern=ALIAS_PATTERN, json_schema_extra=_ALIAS_RULES),
+                  AfterValidator(_not_reserved_alias)]
+RegisteredModelName = Annotated[str, Field(min_length=1, max_length=256, pattern=REGISTERED_MODEL_PATTERN)]
+
 SecretName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)]
 
@@ -109,8 +135,36 @@ class SecretRef(_Spec):
     name: SecretName
 
 
+class RegisteredModel(_Spec):
+    """A version of an MLflow registered model, by number or by alias."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            ("has(self.version) != has(self.alias)", "registeredModel needs exactly one of version or alias"),
+        )
+    )
+
+    name: RegisteredModelName
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1, strict=True)
+    alias: Alias | None = Field(
+        default=None, description="Resolved once per spec generation; status.modelVersion says to which version."
+    )
+
+    @model_validator(mode="after")
+    def _version_or_alias(self) -> RegisteredModel:
+        _one_of(("version", self.version), ("alias", self.alias), "is required, or alias instead",
+                "cannot be given with version: pin one or the other")
+        return self
+
+
 class Source(_Spec):
-    """The MLflow run whose model is promoted."""
+    """The MLflow run whose model is promoted, or a registered model version."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            ("has(self.runId) != has(self.registeredModel)", "source needs exactly one of runId or registeredModel"),
+        )
+    )
 
     tracking_uri: str | None = Field(
         default=None,
@@ -118,18 +172,29 @@ class Source(_Spec):
         pattern=TRACKING_URI_PATTERN,
         description="MLflow tracking server; the operator's default when omitted.",
     )
-    run_id: str = Field(max_length=32, pattern=RUN_ID_PATTERN, description="The MLflow run id.")
+    run_id: str | None = Field(default=None, max_length=32, pattern=RUN_ID_PATTERN, description="The MLflow run id.")
+    registered_model: RegisteredModel | None = Field(
+        default=None, description="A registered model version instead of runId: its run and model files."
+    )
     model_name: Annotated[str, AfterValidator(_no_double_dot)] = Field(
         default="rf-regressor",
         max_length=128,
         pattern=MODEL_NAME_PATTERN,
-        description="Logged model name (MLflow 3) or artifact path (MLflow 2).",
+        description="Logged model name (MLflow 3) or artifact path (MLflow 2) of runId; "
+        "a registeredModel version says where its model is.",
         json_schema_extra=_rules(("!self.contains('..')", "modelName must not contain '..'")),
     )
     credentials_secret_ref: SecretRef | None = Field(
         default=None,
         description="Secret with MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN.",
     )
+
+    @model_validator(mode="after")
+    def _run_or_registered_model(self) -> Source:
+        _one_of(("runId", self.run_id), ("registeredModel", self.registered_model),
+                "is required, or registeredModel instead",
+                "cannot be given with runId: name the run or the version, not both")
+        return self
 
 
 class GateOp(StrEnum):
@@ -139,12 +204,81 @@ class GateOp(StrEnum):
     GREATER_THAN_OR_EQUAL = "GreaterThanOrEqual"
 
 
+class Baseline(StrEnum):
+    SERVING = "Serving"  # the run the SeldonDeployment serves now (its mlops.dev/run-id annotation)
+
+
+class WhenNoBaseline(StrEnum):
+    PASS = "Pass"
+    FAIL = "Fail"
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be greater than 0 (MLflow's min_absolute_change), got {value!r}")
+    return value
+
+
 class Gate(_Spec):
-    """The run's metric must compare to the threshold as op says."""
+    """The run's metric against a threshold, or against the serving run's value (baseline)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            ("has(self.threshold) != has(self.baseline)", "a gate has either a threshold or a baseline"),
+            ("!has(self.baseline) || has(self.minRelativeChange) != has(self.minAbsoluteChange)",
+             "a baseline gate needs exactly one of minRelativeChange or minAbsoluteChange"),
+            ("has(self.baseline) || !(has(self.minRelativeChange) || has(self.minAbsoluteChange) "
+             "|| has(self.whenNoBaseline) || has(self.sameDataset))",
+             "minRelativeChange, minAbsoluteChange, whenNoBaseline and sameDataset need baseline"),
+        )
+    )
 
     metric: str = Field(max_length=250, pattern=METRIC_PATTERN)
     op: GateOp
-    threshold: float = Field(strict=True, allow_inf_nan=False)
+    threshold: float | None = Field(default=None, strict=True, allow_inf_nan=False)
+    baseline: Baseline | None = Field(default=None, description="Compare with the run the deployment serves now.")
+    min_relative_change: float | None = Field(
+        default=None, ge=0, le=1, strict=True, allow_inf_nan=False,
+        description="Better than the baseline by this fraction of its magnitude (MLflow's min_relative_change).",
+    )
+    min_absolute_change: Annotated[float, AfterValidator(_positive)] | None = Field(
+        default=None, strict=True, allow_inf_nan=False,
+        description="Better than the baseline by this much (MLflow's min_absolute_change).",
+        json_schema_extra=_rules(("self > 0.0", "minAbsoluteChange must be greater than 0")),
+    )
+    when_no_baseline: WhenNoBaseline | None = Field(
+        default=None, description="When nothing serves yet: Pass (the default) or Fail."
+    )
+    same_dataset: bool | None = Field(
+        default=None, strict=True,
+        description="Refuse the comparison when the two runs' metric was computed on different datasets.",
+    )
+
+    @model_validator(mode="after")
+    def _threshold_or_baseline(self) -> Gate:
+        extras = {"minRelativeChange": self.min_relative_change, "minAbsoluteChange": self.min_absolute_change,
+                  "whenNoBaseline": self.when_no_baseline, "sameDataset": self.same_dataset}
+        if self.baseline is None:
+            if self.threshold is None:
+                raise _FieldError("threshold", "is required, or baseline: Serving instead")
+            given = next((key for key, value in extras.items() if value is not None), None)
+            if given:
+                raise _FieldError(given, "needs baseline: Serving (it compares with the serving run)")
+            return self
+        if self.threshold is not None:
+            raise _FieldError("threshold", "cannot be given with baseline: a gate compares with one or the other")
+        _one_of(("minRelativeChange", self.min_relative_change), ("minAbsoluteChange", self.min_absolute_change),
+                "is required with baseline (0 to 1), or minAbsoluteChange (> 0)",
+                "cannot be given with minRelativeChange: a baseline gate requires one kind of change")
+        return self
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.op.value.startswith("Less")
+
+    @property
+    def fails_without_baseline(self) -> bool:
+        return self.when_no_baseline is WhenNoBaseline.FAIL
 
 
 class Storage(_Spec):
@@ -241,8 +375,33 @@ class Target(_Spec):
     seldon_deployment: SeldonTarget
 
 
+class Registry(_Spec):
+    """Record the promotion in the MLflow Model Registry once it is Promoted."""
+
+    alias: Alias | None = Field(default=None, description="Set on the promoted version, e.g. champion.")
+    model: RegisteredModelName | None = Field(
+        default=None,
+        description="With a runId source: register the run's model under this name (once) and record it there.",
+    )
+
+
+class Compatibility(StrEnum):
+    WARN = "Warn"  # a condition and a Warning Event name both versions; the promotion goes on
+    STRICT = "Strict"  # Rejected with the same message
+    IGNORE = "Ignore"
+
+
 class ModelPromotionSpec(_Spec):
     """Promote a run's model to a SeldonDeployment when every gate passes."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            ("!has(self.registry) || has(self.source.registeredModel) || has(self.registry.model)",
+             "registry.model is required with a runId source: the run's model is registered under that name"),
+            ("!has(self.registry) || !has(self.registry.model) || !has(self.source.registeredModel)",
+             "registry.model goes with a runId source; a registeredModel source is recorded on its own version"),
+        )
+    )
 
     source: Source
     gates: tuple[Gate, ...] = Field(
@@ -251,11 +410,13 @@ class ModelPromotionSpec(_Spec):
         description="All must pass.",
         json_schema_extra=_rules(
             (
-                "self.all(g, self.exists_one(h, h.metric == g.metric && h.op == g.op))",
-                "gates: each (metric, op) pair may appear once",
+                "self.all(g, self.exists_one(h, h.metric == g.metric && h.op == g.op "
+                "&& has(h.baseline) == has(g.baseline)))",
+                "gates: each (metric, op) pair may appear once, and once more with a baseline",
             ),
             (
-                "self.all(g, self.all(h, !(g.metric == h.metric && g.op.startsWith('Less') "
+                "self.all(g, self.all(h, !has(g.threshold) || !has(h.threshold) || "
+                "!(g.metric == h.metric && g.op.startsWith('Less') "
                 "&& h.op.startsWith('Greater')) || h.threshold < g.threshold || "
                 "(h.threshold == g.threshold && g.op == 'LessThanOrEqual' "
                 "&& h.op == 'GreaterThanOrEqual')))",
@@ -264,23 +425,59 @@ class ModelPromotionSpec(_Spec):
         ),
     )
     target: Target
+    registry: Registry | None = Field(
+        default=None, description="Set an alias and tags on the registered model version once Promoted."
+    )
+    compatibility: Compatibility = Field(
+        default=Compatibility.WARN,
+        description="The model's scikit-learn and Python against the serving image's: Warn, Strict or Ignore.",
+    )
 
     @field_validator("gates")
     @classmethod
     def _gates_agree(cls, gates: tuple[Gate, ...]) -> tuple[Gate, ...]:
         for i, gate in enumerate(gates):
             for j, other in enumerate(gates[:i]):
-                if (other.metric, other.op) == (gate.metric, gate.op):
+                if (other.metric, other.op, other.baseline) == (gate.metric, gate.op, gate.baseline):
+                    what = " with a baseline" if gate.baseline else ""
                     raise _IndexedError(
                         i,
-                        f"repeats gates[{j}] ({gate.metric} {gate.op.value}); "
-                        "each (metric, op) pair may appear once",
+                        f"repeats gates[{j}] ({gate.metric} {gate.op.value}{what}); "
+                        "each (metric, op) pair may appear once, and once more with a baseline",
                     )
                 if other.metric == gate.metric and _contradict(other, gate):
                     raise _IndexedError(
                         i, f"{_phrase(gate)} contradicts gates[{j}] {_phrase(other)}: no value can pass both"
                     )
         return gates
+
+    @model_validator(mode="after")
+    def _registry_names_a_model(self) -> ModelPromotionSpec:
+        if self.registry is None:
+            return self
+        if self.source.registered_model is None and self.registry.model is None:
+            raise _FieldError("registry.model", "is required with a runId source: the run's model is "
+                              "registered under that name")
+        if self.source.registered_model is not None and self.registry.model is not None:
+            raise _FieldError("registry.model", "goes with a runId source; a registeredModel source is "
+                              "recorded on its own version")
+        return self
+
+    @property
+    def registered_name(self) -> str | None:
+        """The registered model the promotion is recorded in, if any."""
+        if self.registry is None:
+            return None
+        return self.source.registered_model.name if self.source.registered_model else self.registry.model
+
+
+def _one_of(first: tuple[str, object], second: tuple[str, object], missing: str, both: str) -> None:
+    """Exactly one of two fields: ``missing`` is said of the first, ``both`` of the second."""
+    (name, value), (other, other_value) = first, second
+    if value is None and other_value is None:
+        raise _FieldError(name, missing)
+    if value is not None and other_value is not None:
+        raise _FieldError(other, both)
 
 
 class _IndexedError(ValueError):
@@ -313,11 +510,13 @@ def _phrase(gate: Gate) -> str:
 
 
 def _contradict(a: Gate, b: Gate) -> bool:
+    if a.threshold is None or b.threshold is None:  # a baseline moves: no contradiction to find here
+        return False
     upper, lower = (a, b) if a.op.value.startswith("Less") else (b, a)
     if not upper.op.value.startswith("Less") or not lower.op.value.startswith("Greater"):
         return False
     if lower.threshold != upper.threshold:
-        return lower.threshold > upper.threshold
+        return bool(lower.threshold > upper.threshold)  # type: ignore[operator]  # both set, checked above
     both_inclusive = upper.op is GateOp.LESS_THAN_OR_EQUAL and lower.op is GateOp.GREATER_THAN_OR_EQUAL
     return not both_inclusive
 
@@ -330,7 +529,8 @@ def _show(value: Any, limit: int = 80) -> str:
 _KNOWN_FIELDS = sorted(
     {
         field.alias or name
-        for model in (SecretRef, Source, Gate, Storage, SeldonTarget, Target, ModelPromotionSpec)
+        for model in (SecretRef, RegisteredModel, Source, Gate, Storage, SeldonTarget, Target, Registry,
+                      ModelPromotionSpec)
         for name, field in model.model_fields.items()
     }
 )
@@ -406,15 +606,19 @@ def parse_spec(raw: Mapping[str, Any]) -> ModelPromotionSpec:
         raise InvalidSpec(_path(first), _problem(first)) from None
 
 
-def model_uri(spec: ModelPromotionSpec, root: str = "") -> str:
-    """Where Seldon loads the model from: s3://bucket/root/prefix/runId (no trailing slash)."""
-    return f"s3://{spec.target.storage.bucket}/{object_prefix(spec, root).rstrip('/')}"
+def model_uri(spec: ModelPromotionSpec, root: str = "", run_id: str | None = None) -> str:
+    """Where Seldon loads the model from: s3://bucket/root/prefix/runId (no trailing slash).
+    ``run_id``: the run a registeredModel source resolved to (a runId source names its own)."""
+    return f"s3://{spec.target.storage.bucket}/{object_prefix(spec, root, run_id).rstrip('/')}"
 
 
-def object_prefix(spec: ModelPromotionSpec, root: str = "") -> str:
+def object_prefix(spec: ModelPromotionSpec, root: str = "", run_id: str | None = None) -> str:
     """The object key prefix of the copy, ending in "/": under ``root`` (the namespace's part of
     the bucket, ``policy.copy_root``), named by the run so copies never mix."""
-    parts = [p for p in (root.strip("/"), spec.target.storage.prefix, spec.source.run_id) if p]
+    run = run_id or spec.source.run_id
+    if not run:
+        raise ValueError("a registeredModel source has no run until it is resolved: pass run_id")
+    parts = [p for p in (root.strip("/"), spec.target.storage.prefix, run) if p]
     return "/".join(parts) + "/"
 
 
@@ -440,11 +644,19 @@ class Condition(_StatusModel):
 
 
 class GateResult(_StatusModel):
-    """One gate's decision; value is absent when the metric is missing or not finite."""
+    """One gate's decision, with the baseline run and the required value for a baseline gate."""
+
+    # value is absent when the metric is missing or not finite; reason then says why.
 
     metric: str
     op: GateOp
-    threshold: float
+    threshold: float | None = None
+    baseline: Baseline | None = None
+    min_relative_change: float | None = None
+    min_absolute_change: float | None = None
+    baseline_run_id: str | None = Field(default=None, description="The run the deployment served.")
+    baseline_value: float | None = None
+    required: float | None = Field(default=None, description="What the candidate had to reach (op says which way).")
     value: float | None = None
     passed: bool
     reason: str | None = None
@@ -464,6 +676,14 @@ class Progress(_StatusModel):
     files_total: int
     bytes_done: int
     bytes_total: int
+
+
+class ModelVersionRef(_StatusModel):
+    """The registered model version served: the one the source resolved to, or the one registered."""
+
+    name: str
+    version: str
+    alias: str | None = Field(default=None, description="The alias the source named, when it named one.")
 
 
 class Phase(StrEnum):
@@ -488,6 +708,7 @@ class PromotionStatus(_StatusModel):
     gates: list[GateResult] = Field(default_factory=list)
     gate_summary: str | None = None
     run_id: str | None = None
+    model_version: ModelVersionRef | None = None
     model_uri: str | None = None
     deployment: str | None = None
     artifact: Artifact | None = None
@@ -523,21 +744,27 @@ __all__ = [
     "OP_SYMBOLS",
     "PLURAL",
     "Artifact",
+    "Baseline",
+    "Compatibility",
     "Condition",
     "Gate",
     "GateOp",
     "GateResult",
     "Implementation",
     "ModelPromotionSpec",
+    "ModelVersionRef",
     "Phase",
     "Progress",
     "PromotionStatus",
     "Protocol",
+    "RegisteredModel",
+    "Registry",
     "SecretRef",
     "SeldonTarget",
     "Source",
     "Storage",
     "Target",
+    "WhenNoBaseline",
     "model_uri",
     "object_prefix",
     "parse_spec",

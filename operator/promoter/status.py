@@ -12,6 +12,11 @@ always agree with the phase::
     reclaimed   Promoted again: the deployment still names this promotion
     degraded    Promoted kept, Ready=False reason Degraded: a check of a serving promotion failed
     recovered   Promoted, Ready=True again after degraded
+    recorded    Recorded=True: the registry says which version serves (alias, tags)
+    unrecorded  Recorded=False: the registry write failed; serving is untouched, it is retried
+
+Beside them, ``VersionsMatch`` says how the model's library versions compare with the serving
+image's (True, False with reason VersionSkew, Unknown when the image's are not known).
 
 An :class:`Outcome` is the data a reconcile returns; ``handlers`` applies it (status patch,
 Events, retry or not).
@@ -24,10 +29,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ArtifactTampered, Rejected, Waiting, clip
+from .errors import ArtifactTampered, PromoterError, Rejected, Waiting, clip
 from .spec import Condition, Phase, PromotionStatus, set_condition
 
 DEGRADED = "Degraded"
+RECORDED = "Recorded"
+VERSIONS_MATCH = "VersionsMatch"
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,10 @@ class Draft:
                       observed_generation=self.generation),
             now(),
         )
+
+    def drop(self, *types: str) -> None:
+        """Remove conditions (of an earlier generation that this one may not reach)."""
+        self.model.conditions = [c for c in self.model.conditions if c.type not in types]
 
     def reason_of(self, type_: str) -> str | None:
         return next((c.reason for c in self.model.conditions if c.type == type_), None)
@@ -198,9 +209,27 @@ def recovered(draft: Draft) -> bool:
     return True
 
 
+def record_due(draft: Draft) -> bool:
+    """This generation is not yet recorded in the registry."""
+    return not any(c.type == RECORDED and c.status == "True" and c.observed_generation == draft.generation
+                   for c in draft.model.conditions)
+
+
+def recorded(draft: Draft, message: str) -> None:
+    draft.condition(RECORDED, "True", RECORDED, message)
+
+
+def unrecorded(draft: Draft, e: PromoterError) -> bool:
+    """Recorded=False naming the problem; phase, Ready and serving stay. True when that is news."""
+    news = not any(c.type == RECORDED and c.status == "False" and c.message == e.message
+                   for c in draft.model.conditions)
+    draft.condition(RECORDED, "False", e.reason, e.message)
+    return news
+
+
 def _ready_message(draft: Draft) -> str:
     return next((c.message for c in draft.model.conditions if c.type == "Ready"), "")
 
 
-__all__ = ["DEGRADED", "Draft", "Event", "Outcome", "degraded", "now", "promoted", "reclaimed",
-           "recovered", "rejected", "superseded", "waiting"]
+__all__ = ["DEGRADED", "RECORDED", "VERSIONS_MATCH", "Draft", "Event", "Outcome", "degraded", "now", "promoted",
+           "reclaimed", "record_due", "recorded", "recovered", "rejected", "superseded", "unrecorded", "waiting"]

@@ -106,8 +106,9 @@ def _apply(id_: str, path: Path, value: Any, text: str | None = None) -> Case:
 
 TABLE: list[Case] = [
     # wrong types
-    *[_apply(f"threshold-{i}", (*GATE, "threshold"), v) for i, v in enumerate(
-        ["0.8", True, [1], {"v": 1}, None, "NaN", "Infinity", "1e309", ""])],
+    *[_apply(f"threshold-{i}", (*GATE, "threshold"), v,
+             "a gate has either a threshold or a baseline" if v is None else None) for i, v in enumerate(
+        ["0.8", True, [1], {"v": 1}, None, "NaN", "Infinity", "1e309", ""])],  # null: no threshold at all
     *[_apply(f"replicas-{i}", (*SD, "replicas"), v) for i, v in enumerate(
         [-1, 101, 2**63, 2**64, 1.5, "1", True])],
     _apply("gates-string", ("spec", "gates"), "rmse<1"),
@@ -118,8 +119,8 @@ TABLE: list[Case] = [
     _apply("source-string", SRC, "abc"),
     _apply("spec-string", ("spec",), "promote everything", "spec"),
     _apply("target-missing", ("spec", "target"), DELETE),
-    _apply("runid-missing", (*SRC, "runId"), DELETE),
-    _apply("threshold-missing", (*GATE, "threshold"), DELETE),
+    _apply("runid-missing", (*SRC, "runId"), DELETE, "source needs exactly one of runId or registeredModel"),
+    _apply("threshold-missing", (*GATE, "threshold"), DELETE, "a gate has either a threshold or a baseline"),
     # run ids with path characters, and other malformed ones
     *[_apply(f"runid-{i}", (*SRC, "runId"), v) for i, v in enumerate(
         [12345, "", "A" * 32, "../../etc/passwd", "abc/def", "%2e%2e%2f" + "0" * 23, UNKNOWN_RUN + "/x",
@@ -155,6 +156,40 @@ TABLE: list[Case] = [
          "apply", "must leave some value that passes"),
     _apply("gate-extra-field", (*GATE, "weight"), 2, "unknown field \"spec.gates[0].weight\""),
     _apply("spec-extra-field", ("spec", "dryRun"), True, "unknown field \"spec.dryRun\""),
+    # registered model sources: names MLflow refuses, reserved aliases, versions that are not numbers
+    *[_apply(f"registered-{i}", (*SRC, "registeredModel"), v, text) for i, (v, text) in enumerate([
+        ({"name": "rf", "alias": "latest"}, "alias 'latest' is reserved by MLflow"),
+        ({"name": "rf", "alias": "LATEST"}, "alias 'latest' is reserved by MLflow"),
+        ({"name": "rf", "alias": "v3"}, "aliases v<N> are reserved by MLflow"),
+        ({"name": "rf", "alias": "prod/1"}, "spec.source.registeredModel.alias"),
+        ({"name": "rf", "alias": "a" * 256}, "spec.source.registeredModel.alias"),
+        ({"name": "models:/rf", "version": 1}, "spec.source.registeredModel.name"),
+        ({"name": "rf'; --", "version": 1}, "spec.source.registeredModel.name"),
+        ({"name": "r" * 257, "version": 1}, "spec.source.registeredModel.name"),
+        ({"name": "rf", "version": 0}, "spec.source.registeredModel.version"),
+        ({"name": "rf", "version": "3"}, "spec.source.registeredModel.version"),
+        ({"name": "rf"}, "registeredModel needs exactly one of version or alias"),
+        ({"name": "rf", "version": 1, "alias": "champion"}, "registeredModel needs exactly one of version or alias"),
+        ({"name": "rf", "version": 1}, "source needs exactly one of runId or registeredModel"),  # with runId
+    ])],
+    # baseline gates: MLflow's bounds on the changes, one kind of change, nothing that needs a baseline without one
+    *[_apply(f"baseline-{i}", GATE, {"metric": "rmse", "op": "LessThan", **v}, text) for i, (v, text) in enumerate([
+        ({"baseline": "Serving", "minRelativeChange": 1.5}, "spec.gates[0].minRelativeChange"),
+        ({"baseline": "Serving", "minRelativeChange": -0.1}, "spec.gates[0].minRelativeChange"),
+        ({"baseline": "Serving", "minAbsoluteChange": 0}, "minAbsoluteChange must be greater than 0"),
+        ({"baseline": "Serving"}, "exactly one of minRelativeChange or minAbsoluteChange"),
+        ({"baseline": "Serving", "minRelativeChange": 0.1, "minAbsoluteChange": 1},
+         "exactly one of minRelativeChange or minAbsoluteChange"),
+        ({"baseline": "Serving", "minRelativeChange": 0.1, "threshold": 1}, "either a threshold or a baseline"),
+        ({"baseline": "Previous", "minRelativeChange": 0.1}, "spec.gates[0].baseline"),
+        ({"baseline": "Serving", "minRelativeChange": 0.1, "whenNoBaseline": "Maybe"}, "spec.gates[0].whenNoBaseline"),
+        ({"threshold": 1, "sameDataset": True}, "need baseline"),
+        ({"threshold": 1, "minRelativeChange": 0.1}, "need baseline"),
+    ])],
+    _apply("registry-no-model", ("spec", "registry"), {"alias": "champion"}, "registry.model is required"),
+    _apply("registry-latest", ("spec", "registry"), {"model": "rf", "alias": "latest"},
+           "alias 'latest' is reserved by MLflow"),
+    _apply("compatibility", ("spec", "compatibility"), "Loose"),
     # bucket names S3 rejects, prefixes that climb out
     *[_apply(f"bucket-{i}", (*STORE, "bucket"), v) for i, v in enumerate(
         ["Bad_Bucket", "ab", "a" * 64, "192.168.1.1", "a..b", "a.-b", "b-.a", "-abc", "abc-", "mo dels",
@@ -191,6 +226,9 @@ TABLE: list[Case] = [
     Case("too-many-bytes", (), "rejected", "over the operator's limit PROMOTER_MAX_BYTES=33554432", "huge"),
     Case("name-253", ((("metadata", "name"), "n" * 253), ((*GATE, "threshold"), 0.1)), "rejected",
          "gate failed: rmse 0.5 is not < 0.1"),
+    Case("registered-unknown", (((*SRC, "runId"), DELETE), ((*SRC, "registeredModel"),
+                                                            {"name": "no-such-model", "version": 1})),
+         "rejected", "registered model 'no-such-model' version 1 not found on MLflow"),
     # valid, but the bucket is not there: waited for (a person may create it), at most once a minute
     Case("bucket-absent", (((*STORE, "bucket"), "xn--no-such-bucket"),), "waiting",
          "bucket 'xn--no-such-bucket' does not exist"),

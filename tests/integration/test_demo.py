@@ -19,7 +19,8 @@ from .conftest import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_the_demo_promotes_one_run_and_rejects_the_strict_one(tmp_path: Path, devstack: stack.State) -> None:
+def test_the_demo_promotes_a_run_rejects_the_strict_one_and_lets_a_better_challenger_take_over(
+        tmp_path: Path, devstack: stack.State) -> None:
     home = tmp_path / "demo"
     env = {**os.environ, "DEVSTACK_HOME": str(home)}
     try:
@@ -27,22 +28,30 @@ def test_the_demo_promotes_one_run_and_rejects_the_strict_one(tmp_path: Path, de
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         out = result.stdout
-        table = out.split("$ kubectl get modelpromotions -n mlops-demo\n", 1)[1].splitlines()
-        rows = {line.split()[0]: line.split() for line in table[1:3]}
-        assert rows["rf-regressor"][2] == "Promoted"
-        assert rows["too-strict"][2] == "Rejected"
-        run_id = rows["rf-regressor"][1]
+        table = out.split("$ kubectl get modelpromotions -n mlops-demo\n", 1)[1].split("\n\n", 1)[0].splitlines()
+        rows = {line.split()[0]: line.split() for line in table[1:]}
+        assert set(rows) == {"challenger", "rf-regressor", "too-strict"}
+        # the challenger (200 trees of depth 3) beats train.py's default by more than the 1 % asked
+        assert (rows["challenger"][2], rows["rf-regressor"][2], rows["too-strict"][2]) == (
+            "Promoted", "Superseded", "Rejected")
+        champion, run_id = rows["rf-regressor"][1], rows["challenger"][1]
+        assert rows["challenger"][3] == "rmse" and rows["challenger"][4].endswith("(-1%)")  # GATES
         assert f"SeldonDeployment rf-regressor serves: s3://models/mlops-demo/rf-regressor/{run_id}" in out
+        assert re.search(r"^Champion/challenger: the challenger won: rmse [0-9.]+ against the champion's [0-9.]+, "
+                         r"[0-9.]+ % better \(needed 1 %: rmse < [0-9.]+\); it serves now, and rf-regressor is "
+                         r"Superseded\.$", out, re.M), out
+        assert f"MLflow registry: rf-regressor@champion is version 2 (run {run_id}, the challenger's)" in out
+        assert champion != run_id
         assert re.search(rf"^\s+\d+\s+mlops-demo/rf-regressor/{run_id}/model\.pkl$", out, re.M)
         assert re.search(rf"^\s+\d+\s+mlops-demo/rf-regressor/{run_id}/promotion-manifest\.json$", out, re.M)
         assert re.search(r"^Rejected: too-strict: gate failed: rmse [0-9.]+ is not <= 1$", out, re.M)
         assert 'eval "$(.venv/bin/python -m devstack env)"' in out and "make down" in out
-        assert "demo: [7/7]" in result.stderr  # progress shown throughout
+        assert "demo: [8/8]" in result.stderr  # progress shown throughout
         # it ends with the served model's predictions beside the run's own, and a curl line
         predictions = out.split(
             f"Predictions for s3://models/mlops-demo/rf-regressor/{run_id}/serving_input_example.json", 1)[1]
-        rows = re.findall(r"^\s+(\d+)\s+(\S+)\s+(\S+)$", predictions.split("The same request", 1)[0], re.M)
-        assert len(rows) >= 1 and all(float(served) == float(local) for _, served, local in rows), rows
+        served = re.findall(r"^\s+(\d+)\s+(\S+)\s+(\S+)$", predictions.split("The same request", 1)[0], re.M)
+        assert len(served) >= 1 and all(float(by_server) == float(local) for _, by_server, local in served), served
         assert re.search(r"^  curl -s -X POST http://127\.[0-9.]+:8000/v2/models/model/infer ", out, re.M)
     finally:
         subprocess.run([sys.executable, "-m", "devstack", "down"], env=env, capture_output=True, timeout=120)

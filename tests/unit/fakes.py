@@ -21,10 +21,11 @@ import yaml
 
 from promoter.config import Settings
 from promoter.context import Context
-from promoter.errors import CredentialsProblem, RunNotFound, Unavailable
+from promoter.errors import CredentialsProblem, ModelVersionNotFound, RegistryRefused, RunNotFound, Unavailable
+from promoter.gates import Dataset
 from promoter.kube import Merge
 from promoter.metrics import Metrics
-from promoter.mlflow_source import Auth, ModelLocation, Run
+from promoter.mlflow_source import Auth, ModelLocation, ModelVersion, Run
 from promoter.ownership import Ownership
 from promoter.status import Outcome
 from promoter.store import FileEntry, ObjectStore, identity
@@ -34,8 +35,10 @@ RUN_B = "b" * 32
 MLFLOW = "http://mlflow.test:5000"
 S3 = "http://s3.test:9000"
 KEYS = {"AWS_ACCESS_KEY_ID": "test-access", "AWS_SECRET_ACCESS_KEY": "test-secret-value"}
-MLMODEL = yaml.safe_dump({"flavors": {"python_function": {"loader_module": "mlflow.sklearn"},
-                                      "sklearn": {"pickled_model": "model.pkl",
+# Saved with what seldonio/mlserver:1.7.1-sklearn has (the operator's default SKLEARN_SERVER v2 image).
+MLMODEL = yaml.safe_dump({"flavors": {"python_function": {"loader_module": "mlflow.sklearn",
+                                                          "python_version": "3.10.12"},
+                                      "sklearn": {"pickled_model": "model.pkl", "sklearn_version": "1.5.2",
                                                   "serialization_format": "cloudpickle"}}})
 
 
@@ -57,34 +60,119 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 class FakeMlflow:
     """Runs by id; each run's model at ``s3://mlflow/<run>/artifacts/rf-regressor`` (MLflow 2's
-    layout) unless ``models`` says otherwise. ``down`` makes every call Unavailable."""
+    layout) unless ``models`` says otherwise; a Model Registry of versions, aliases and tags.
+    ``down`` makes every call Unavailable, ``writes_down`` every registry write; ``refuse`` makes
+    every registry write a 4xx with that error code."""
 
     def __init__(self, tracking_uri: str = MLFLOW) -> None:
         self.tracking_uri = tracking_uri
         self.runs: dict[str, Run] = {}
-        self.down = False
+        self.datasets: dict[str, dict[str, Dataset]] = {}  # run -> metric -> dataset
+        self.versions: dict[str, dict[str, ModelVersion]] = {}  # registered model -> version -> it
+        self.aliases: dict[str, dict[str, str]] = {}  # registered model -> alias -> version
+        self.version_tags: dict[tuple[str, str], dict[str, str]] = {}
+        self.run_tags: dict[str, dict[str, str]] = {}
+        self.down = self.writes_down = False
+        self.refuse = ""
         self.calls: list[str] = []
 
     def add_run(self, run_id: str, metrics: Mapping[str, float | str | None], status: str = "FINISHED",
-                lifecycle_stage: str = "active") -> Run:
+                lifecycle_stage: str = "active", datasets: Mapping[str, Dataset] | None = None) -> Run:
         run = Run(run_id, status, lifecycle_stage, f"s3://mlflow/{run_id}/artifacts", dict(metrics))
         self.runs[run_id] = run
+        self.datasets[run_id] = dict(datasets or {})
         return run
+
+    def add_version(self, name: str, run_id: str, alias: str = "") -> str:
+        """Register the run's rf-regressor as the next version of ``name``; its number."""
+        versions = self.versions.setdefault(name, {})
+        number = str(len(versions) + 1)
+        versions[number] = ModelVersion(name, number, run_id, f"runs:/{run_id}/rf-regressor")
+        if alias:
+            self.aliases.setdefault(name, {})[alias] = number
+        return number
+
+    def tags_of(self, name: str, version: str) -> dict[str, str]:
+        return self.version_tags.get((name, version), {})
 
     def _check(self, what: str) -> None:
         self.calls.append(what)
         if self.down:
             raise Unavailable("mlflow", f"cannot reach MLflow at {self.tracking_uri}: ConnectionError", 1.0)
 
+    def _write(self, what: str) -> None:
+        self._check(what)
+        if self.writes_down:
+            raise Unavailable("mlflow", f"cannot reach MLflow at {self.tracking_uri}: ConnectionError", 1.0)
+        if self.refuse:
+            raise RegistryRefused(self.tracking_uri, what, 403, self.refuse)
+
     def get_run(self, run_id: str) -> Run:
         self._check(f"runs/get {run_id}")
         if run_id not in self.runs:
             raise RunNotFound(run_id, self.tracking_uri)
-        return self.runs[run_id]
+        run = self.runs[run_id]
+        return Run(run.run_id, run.status, run.lifecycle_stage, run.artifact_uri, run.metrics, run.model_ids,
+                   run.experiment_id, tags=dict(self.run_tags.get(run_id, {})))
 
     def model_candidates(self, run: Run, model_name: str) -> list[ModelLocation]:
         self._check(f"model_candidates {run.run_id}")
         return [ModelLocation(f"{run.artifact_uri}/{model_name}", "run-artifacts")]
+
+    def metric_datasets(self, run: Run) -> dict[str, Dataset]:
+        self._check(f"logged-models of {run.run_id}")
+        return dict(self.datasets.get(run.run_id, {}))
+
+    def _version(self, name: str, version: str, alias: str = "") -> ModelVersion:
+        found = self.versions.get(name, {}).get(version)
+        if found is None:
+            raise ModelVersionNotFound(name, self.tracking_uri, version="" if alias else version, alias=alias,
+                                       code="RESOURCE_DOES_NOT_EXIST")
+        return ModelVersion(found.name, found.version, found.run_id, found.source, dict(self.tags_of(name, version)))
+
+    def model_version(self, name: str, version: str) -> ModelVersion:
+        self._check(f"model-versions/get {name} {version}")
+        return self._version(name, version)
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion:
+        self._check(f"registered-models/alias {name} {alias}")
+        return self._version(name, self.aliases.get(name, {}).get(alias, ""), alias)
+
+    def version_candidates(self, version: ModelVersion, run: Run) -> list[ModelLocation]:
+        path = version.source.removeprefix(f"runs:/{run.run_id}/")
+        return [ModelLocation(f"{run.artifact_uri}/{path}", "run-artifacts")]
+
+    def find_versions(self, name: str, run_id: str = "", tag: tuple[str, str] | None = None) -> list[ModelVersion]:
+        self._check(f"model-versions/search {name}")
+        return [self._version(name, v.version) for v in self.versions.get(name, {}).values()
+                if (not run_id or v.run_id == run_id) and (tag is None or self.tags_of(name, v.version).get(tag[0])
+                                                           == tag[1])]
+
+    def register(self, name: str, run: Run, location: ModelLocation) -> ModelVersion:
+        self._write(f"register {name} {run.run_id}")
+        return self._version(name, self.add_version(name, run.run_id))
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._write(f"set alias {name} @{alias}={version}")
+        self._version(name, version)
+        self.aliases.setdefault(name, {})[alias] = version
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self._write(f"set tag {name} {version} {key}")
+        self._version(name, version)
+        self.version_tags.setdefault((name, version), {})[key] = value
+
+    def delete_version_tag(self, name: str, version: str, key: str) -> None:
+        self._write(f"delete tag {name} {version} {key}")
+        self.version_tags.get((name, version), {}).pop(key, None)
+
+    def set_run_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        self._write(f"log-batch tags {run_id}")
+        self.run_tags.setdefault(run_id, {}).update(tags)
+
+    def delete_run_tag(self, run_id: str, key: str) -> None:
+        self._write(f"delete run tag {run_id} {key}")
+        self.run_tags.get(run_id, {}).pop(key, None)
 
 
 # --- S3 ---------------------------------------------------------------------------------------
@@ -100,8 +188,15 @@ class FakeS3:
     down: bool = False
     writes: list[str] = field(default_factory=list)
 
-    def put_model(self, run_id: str, files: Mapping[str, bytes] | None = None) -> None:
+    def put_model(self, run_id: str, files: Mapping[str, bytes] | None = None, **versions: str) -> None:
+        """The run's rf-regressor; ``versions`` (sklearn=..., python=...) replace those in MLmodel."""
         prefix = f"{run_id}/artifacts/rf-regressor"
+        if versions:
+            mlmodel = yaml.safe_load(MLMODEL)
+            mlmodel["flavors"]["sklearn"]["sklearn_version"] = versions.get("sklearn", "1.5.2")
+            mlmodel["flavors"]["python_function"]["python_version"] = versions.get("python", "3.10.12")
+            files = {"MLmodel": yaml.safe_dump(mlmodel).encode(), "model.pkl": b"pickled " + run_id.encode(),
+                     **(files or {})}
         for path, data in (files or {"MLmodel": MLMODEL.encode(), "model.pkl": b"pickled " + run_id.encode()}).items():
             self.buckets["mlflow"][f"{prefix}/{path}"] = data
 
@@ -295,14 +390,18 @@ class World:
 
         self.ctx = Context(self.settings, self.kube, self.metrics, Ownership(self.kube), mlflow, store)
 
-    def apply(self, name: str, run_id: str, deployment: str = "sd", gates: list[dict[str, Any]] | None = None,
+    def apply(self, name: str, run_id: str | None, deployment: str = "sd", gates: list[dict[str, Any]] | None = None,
+              source: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
               **target: Any) -> dict[str, Any]:
-        """Create the promotion, or change its spec (a new generation), as kubectl apply does."""
+        """Create the promotion, or change its spec (a new generation), as kubectl apply does.
+        ``source`` replaces the runId source (a registeredModel); ``extra`` adds spec fields
+        (registry, compatibility)."""
         spec = {
-            "source": {"runId": run_id},
+            "source": source if source is not None else {"runId": run_id},
             "gates": gates if gates is not None else [{"metric": "rmse", "op": "LessThan", "threshold": 1}],
             "target": {"storage": {"bucket": "models", "prefix": "rf"},
                        "seldonDeployment": {"name": deployment, **target}},
+            **(extra or {}),
         }
         current = self.kube.obj(PROMOTION, self.namespace, name)
         if current is None:

@@ -88,12 +88,13 @@ def test_names_scope_and_version(crd: dict[str, Any]) -> None:
 def test_printer_columns_show_the_evidence(crd: dict[str, Any]) -> None:
     columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
     assert [(c["name"], c["jsonPath"], c["type"], c.get("priority", 0)) for c in columns] == [
-        ("Run", ".spec.source.runId", "string", 0),
+        ("Run", ".status.runId", "string", 0),
         ("Phase", ".status.phase", "string", 0),
         ("Gates", ".status.gateSummary", "string", 0),
         ("Deployment", ".spec.target.seldonDeployment.name", "string", 0),
         ("Age", ".metadata.creationTimestamp", "date", 0),
         ("Model", ".status.modelUri", "string", 1),
+        ("Version", ".status.modelVersion.version", "string", 1),
     ]
 
 
@@ -126,11 +127,21 @@ def test_required_fields_enums_patterns_and_defaults(schema: dict[str, Any]) -> 
     assert schema["required"] == ["spec"]
     assert spec["required"] == ["source", "gates", "target"]
     source = spec["properties"]["source"]
-    assert source["required"] == ["runId"]
+    assert "required" not in source  # runId or registeredModel: a CEL rule
     assert source["properties"]["runId"]["pattern"] == "^[0-9a-f]{32}$"
     assert source["properties"]["modelName"]["default"] == "rf-regressor"
+    registered = source["properties"]["registeredModel"]
+    assert registered["required"] == ["name"]
+    assert registered["properties"]["version"]["type"] == "integer"
+    assert registered["properties"]["alias"]["pattern"] == "^[A-Za-z0-9_-]{1,255}$"
     gate = spec["properties"]["gates"]["items"]
-    assert gate["required"] == ["metric", "op", "threshold"]
+    assert gate["required"] == ["metric", "op"]
+    assert gate["properties"]["baseline"]["enum"] == ["Serving"]
+    assert gate["properties"]["whenNoBaseline"]["enum"] == ["Pass", "Fail"]
+    assert (gate["properties"]["minRelativeChange"]["minimum"], gate["properties"]["minRelativeChange"]["maximum"]) \
+        == (0, 1)
+    assert spec["properties"]["compatibility"]["enum"] == ["Warn", "Strict", "Ignore"]
+    assert spec["properties"]["compatibility"]["default"] == "Warn"
     assert gate["properties"]["op"]["enum"] == [
         "LessThan",
         "LessThanOrEqual",
@@ -181,11 +192,27 @@ def test_cel_rules_guard_what_spans_fields(schema: dict[str, Any]) -> None:
         for path, node in nodes(schema)
         if "x-kubernetes-validations" in node
     }
+    reserved = ["alias 'latest' is reserved by MLflow and moves with every new version: pin a version or an alias",
+                "aliases v<N> are reserved by MLflow for version N: write version: N"]
     assert rules == {
+        ".spec": [
+            "registry.model is required with a runId source: the run's model is registered under that name",
+            "registry.model goes with a runId source; a registeredModel source is recorded on its own version",
+        ],
         ".spec.gates": [
-            "gates: each (metric, op) pair may appear once",
+            "gates: each (metric, op) pair may appear once, and once more with a baseline",
             "gates: a metric's lower and upper bounds must leave some value that passes",
         ],
+        ".spec.gates[]": [
+            "a gate has either a threshold or a baseline",
+            "a baseline gate needs exactly one of minRelativeChange or minAbsoluteChange",
+            "minRelativeChange, minAbsoluteChange, whenNoBaseline and sameDataset need baseline",
+        ],
+        ".spec.gates[].minAbsoluteChange": ["minAbsoluteChange must be greater than 0"],
+        ".spec.registry.alias": reserved,
+        ".spec.source": ["source needs exactly one of runId or registeredModel"],
+        ".spec.source.registeredModel": ["registeredModel needs exactly one of version or alias"],
+        ".spec.source.registeredModel.alias": reserved,
         ".spec.source.modelName": ["modelName must not contain '..'"],
         ".spec.target.storage": ["storage.credentialsSecretRef is required when storage.endpoint is set"],
         ".spec.target.storage.bucket": [
@@ -223,6 +250,13 @@ def good() -> dict[str, Any]:
         "spec['target']['seldonDeployment']['replicas'] = 101",
         "spec['target']['seldonDeployment']['protocol'] = 'kfserving'",
         "del spec['target']['seldonDeployment']['name']",
+        "spec['source']['registeredModel'] = {'name': 'rf/x', 'version': 1}",
+        "spec['source']['registeredModel'] = {'name': 'rf', 'version': 0}",
+        "spec['source']['registeredModel'] = {'name': 'rf', 'alias': 'a b'}",
+        "spec['gates'][0]['minRelativeChange'] = 1.5",
+        "spec['gates'][0]['baseline'] = 'Previous'",
+        "spec['registry'] = {'alias': 'x' * 256}",
+        "spec['compatibility'] = 'Loose'",
     ],
 )
 def test_schema_and_parser_reject_the_same_mistakes(schema: dict[str, Any], edit: str) -> None:

@@ -12,13 +12,17 @@ from promoter.errors import (
     IncompatibleModel,
     InvalidSpec,
     ModelNotFound,
+    ModelVersionNotFound,
     PromoterError,
+    RegistryRefused,
     Rejected,
     RunNotFinished,
     RunNotFound,
     RunNotUsable,
     RunTimedOut,
+    ServingChanged,
     Unavailable,
+    VersionSkew,
     Waiting,
 )
 
@@ -34,6 +38,9 @@ PERMANENT = [
     (IncompatibleModel("the model was saved with skops", "log it with cloudpickle"), "IncompatibleModel"),
     (CredentialsProblem("minio-credentials", "has no key AWS_SECRET_ACCESS_KEY"), "CredentialsInvalid"),
     (ArtifactTampered("s3://models/rf/x", "model.pkl: sha256 differs"), "ArtifactTampered"),
+    (ModelVersionNotFound("rf", "http://mlflow:5000", version="7"), "ModelVersionNotFound"),
+    (VersionSkew("the model was saved with scikit-learn 1.9.1", "log it with 1.5.2"), "VersionSkew"),
+    (RegistryRefused("http://mlflow:5000", "tagging run x", 403, "PERMISSION_DENIED"), "RegistryRefused"),
 ]
 
 
@@ -81,6 +88,29 @@ def test_model_not_found_lists_where_it_looked() -> None:
 def test_incompatible_model_gives_problem_and_fix() -> None:
     error = IncompatibleModel("SKLEARN_SERVER cannot load model.skops", "log it with cloudpickle")
     assert str(error) == "SKLEARN_SERVER cannot load model.skops; to fix: log it with cloudpickle"
+
+
+def test_a_missing_model_version_names_the_model_and_the_version_or_alias() -> None:
+    assert str(ModelVersionNotFound("rf", "http://mlflow:5000", version="7", code="RESOURCE_DOES_NOT_EXIST")) == (
+        "registered model 'rf' version 7 not found on MLflow at http://mlflow:5000 "
+        "(no such model or no such version, RESOURCE_DOES_NOT_EXIST)")
+    assert str(ModelVersionNotFound("rf", "http://mlflow:5000", alias="champion")) == (
+        "registered model 'rf' alias @champion not found on MLflow at http://mlflow:5000 "
+        "(no such model or no such alias)")
+
+
+def test_a_refused_registry_write_says_the_status_and_error_code_only() -> None:
+    error = RegistryRefused("http://mlflow:5000", "setting alias 'champion' on 'rf' version 3", 403,
+                            "PERMISSION_DENIED")
+    assert str(error) == ("MLflow at http://mlflow:5000 refused setting alias 'champion' on 'rf' version 3: "
+                          "403 PERMISSION_DENIED")
+
+
+def test_a_changed_deployment_is_judged_again_soon() -> None:
+    error = ServingChanged("sd", "a" * 32, "b" * 32)
+    assert isinstance(error, Waiting) and error.delay == 1.0 and error.reason == "ServingChanged"
+    assert str(error) == (f"sd now serves run {'b' * 32}, not run {'a' * 32} the baseline gates were judged "
+                          "against; judging again")
 
 
 def test_credentials_problem_names_the_secret_and_key() -> None:
@@ -135,7 +165,7 @@ def test_module_docstring_draws_every_error() -> None:
         for value in vars(errors).values()
         if isinstance(value, type) and issubclass(value, PromoterError)
     ]
-    assert len(classes) == 18
+    assert len(classes) == 22
     for cls in classes:
         assert cls.__name__ in doc, cls.__name__
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from promoter.artifacts import FileEntry
+from promoter.candidate import check_limits
 from promoter.config import ConfigError, Settings, load
 from promoter.errors import InvalidSpec, ModelTooLarge
-from promoter.promotion import check_limits
 from promoter.spec import object_prefix, parse_spec
 from tests.integration.fault_specs import TABLE, UNKNOWN_RUN, base, mutate, mutations
 

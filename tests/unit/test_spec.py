@@ -109,7 +109,8 @@ def test_integer_thresholds_are_numbers() -> None:
         ("spec['gates'] = 'rmse <= 0.8'", "spec.gates: must be a list, got 'rmse <= 0.8'"),
         (
             "spec['gates'].append({'metric': 'rmse', 'op': 'LessThanOrEqual', 'threshold': 0.5})",
-            "spec.gates[2]: repeats gates[0] (rmse LessThanOrEqual); each (metric, op) pair may appear once",
+            "spec.gates[2]: repeats gates[0] (rmse LessThanOrEqual); each (metric, op) pair may appear once, "
+            "and once more with a baseline",
         ),
         (
             "spec['gates'].append({'metric': 'r2', 'op': 'LessThan', 'threshold': 0.2})",
@@ -124,7 +125,7 @@ def test_integer_thresholds_are_numbers() -> None:
             "spec['source']['runId'] = 'abc/../x'",
             "spec.source.runId: must match ^[0-9a-f]{32}$ (an MLflow run id), got 'abc/../x'",
         ),
-        ("del spec['source']['runId']", "spec.source.runId: is required"),
+        ("del spec['source']['runId']", "spec.source.runId: is required, or registeredModel instead"),
         (
             "spec['source']['runID'] = spec['source'].pop('runId')",
             "spec.source.runID: is not a known field (did you mean 'runId'?)",

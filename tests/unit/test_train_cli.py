@@ -72,8 +72,11 @@ def _train_and_read_back(tmp_path: Path, uri: str) -> tuple[str, dict[str, float
 
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient(tracking_uri=uri).get_run(run_id)
-    return run_id, dict(run.data.metrics), dict(run.data.params)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    model = client.get_logged_model(run.outputs.model_outputs[0].model_id)
+    datasets = {m.key: f"{m.dataset_name}@{m.dataset_digest}" for m in model.metrics or []}
+    return run_id, dict(run.data.metrics), {**run.data.params, **{f"dataset:{k}": v for k, v in datasets.items()}}
 
 
 def test_same_seed_gives_same_metrics(tmp_path: Path) -> None:
@@ -85,7 +88,14 @@ def test_same_seed_gives_same_metrics(tmp_path: Path) -> None:
     assert id1 != id2
     assert set(metrics1) == {"rmse", "mae", "r2"}
     assert metrics1 == metrics2
-    assert params1 == params2 == {"n_estimators": "20", "max_depth": "6", "seed": "42", "test_size": "0.2"}
+    # the metrics are linked to the model and name the test split they were computed on, with a
+    # digest that is the same for the same data (what a sameDataset gate compares)
+    datasets = {k: v for k, v in params1.items() if k.startswith("dataset:")}
+    assert set(datasets) == {"dataset:rmse", "dataset:mae", "dataset:r2"}
+    assert len(set(datasets.values())) == 1 and next(iter(datasets.values())).startswith("diabetes-test@")
+    assert params1 == params2
+    assert {k: v for k, v in params1.items() if not k.startswith("dataset:")} == {
+        "n_estimators": "20", "max_depth": "6", "seed": "42", "test_size": "0.2"}
     assert 0.0 < metrics1["r2"] < 1.0 and metrics1["rmse"] > metrics1["mae"] > 0.0
 
     # the model was logged as cloudpickle (model.pkl), the format Seldon's servers load
