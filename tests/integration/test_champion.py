@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from devstack import harness, stack
 
-from .conftest import Operator, new_namespace
+from .conftest import Operator
 from .helpers import RMSE_BELOW_1, apply, condition, events, get, phase_in, promotion, wait_for
 
 pytestmark = pytest.mark.integration
@@ -80,10 +80,10 @@ def decided(devstack: stack.State, namespace: str, name: str) -> dict:
 
 
 def test_a_worse_challenger_is_rejected_and_a_better_one_takes_over_with_the_alias(
-        devstack: stack.State, operator: Operator, registry: MlflowClient, contenders: list[tuple[str, float]]
-) -> None:
+        devstack: stack.State, operator: Operator, registry: MlflowClient, contenders: list[tuple[str, float]],
+        namespaces: Callable[[str], str]) -> None:
     (best, best_rmse), (mid, mid_rmse), (worst, worst_rmse) = contenders
-    ns, model = new_namespace(devstack, "champ"), _name("rf-champion")
+    ns, model = namespaces("champ"), _name("rf-champion")
     record = {"registry": {"model": model, "alias": "champion"}}
     champion = promotion("champion", mid)
     champion["spec"].update(record)
@@ -141,10 +141,10 @@ def test_a_worse_challenger_is_rejected_and_a_better_one_takes_over_with_the_ali
 
 
 def test_a_version_and_an_alias_are_resolved_and_missing_ones_rejected_by_name(
-        devstack: stack.State, operator: Operator, registry: MlflowClient, contenders: list[tuple[str, float]]
-) -> None:
+        devstack: stack.State, operator: Operator, registry: MlflowClient, contenders: list[tuple[str, float]],
+        namespaces: Callable[[str], str]) -> None:
     (best, _), (mid, _), _ = contenders
-    ns, model = new_namespace(devstack, "source"), _name("rf-source")
+    ns, model = namespaces("source"), _name("rf-source")
     register(registry, model, mid)
     register(registry, model, best)
     registry.set_registered_model_alias(model, "challenger", "2")
@@ -189,9 +189,9 @@ def test_a_version_and_an_alias_are_resolved_and_missing_ones_rejected_by_name(
 
 def test_mlflow_stopped_during_the_write_back_leaves_serving_alone_and_records_once_back(
         devstack: stack.State, crd: None, registry: MlflowClient, contenders: list[tuple[str, float]],
-        tmp_path: Path) -> None:
+        tmp_path: Path, namespaces: Callable[[str], str]) -> None:
     (_, _), (mid, _), _ = contenders
-    ns, model = new_namespace(devstack, "outage"), _name("rf-outage")
+    ns, model = namespaces("outage"), _name("rf-outage")
     env = {"PROMOTER_RETRY_DELAY": "1", "PROMOTER_DRIFT_INTERVAL": "5"}
     obj = promotion("recorded", mid, [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 80}], scope=SCOPE)
     obj["spec"]["registry"] = {"model": model, "alias": "champion"}
@@ -232,8 +232,8 @@ def test_mlflow_stopped_during_the_write_back_leaves_serving_alone_and_records_o
 
 
 def test_a_model_from_a_newer_scikit_learn_is_warned_about_by_default_and_rejected_under_strict(
-        devstack: stack.State, operator: Operator, runs: dict[str, str]) -> None:
-    ns = new_namespace(devstack, "skew")
+        devstack: stack.State, operator: Operator, runs: dict[str, str], namespaces: Callable[[str], str]) -> None:
+    ns = namespaces("skew")
     saved = f"scikit-learn {sklearn.__version__}"  # the dev venv runs/ saved the model with
     python = f"Python {sys.version_info.major}.{sys.version_info.minor}"
     image = "seldonio/mlserver:1.7.1-sklearn (SKLEARN_SERVER, protocol v2) has scikit-learn 1.5.2"
