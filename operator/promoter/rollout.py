@@ -61,9 +61,10 @@ _pool = urllib3.PoolManager(num_pools=16, maxsize=4)
 
 
 def delay(elapsed: float) -> float:
-    """Seconds until the next look at a rollout ``elapsed`` seconds old: 0.5 s at first, growing
-    to 5 s, so a quick rollout is seen at once and a thousand slow ones cost little."""
-    return min(5.0, 0.5 + elapsed / 20)
+    """Seconds until the next look at a rollout ``elapsed`` seconds old: every 0.5 s for the first
+    minute (a rollout of a model is seconds to a minute: seen within half a second of its end),
+    then less and less often, every 5 s from six minutes on (a stuck one costs little)."""
+    return 0.5 if elapsed < 60 else min(5.0, 0.5 + (elapsed - 60) / 60)
 
 
 def selector(deployment: str, predictor: str) -> str:

@@ -4,8 +4,8 @@ A rollout takes from seconds to many minutes (an image pull, a slow model load, 
 probe's initial delay). Waiting for it in kopf's handler, or as a kopf retry, would hold a worker
 or write kopf's retry bookkeeping into the promotion on every look; so once the SeldonDeployment
 is written the handler is done, and this one task looks again when each promotion is due
-(``rollout.delay``: 0.5 s at first, up to 5 s). A look is a reconcile of the promotion as it is
-read then, in the reconcile pool and its namespace's lane, like a handler's; its outcome is
+(``rollout.delay``: every 0.5 s for a minute, then up to every 5 s). A look is a reconcile of
+the promotion as it is read then, in the reconcile pool and its namespace's lane, like a handler's; its outcome is
 patched and its Events posted (``drift.report``). A restarted operator finds its Deploying
 promotions again through kopf's resume handler.
 """

@@ -133,7 +133,8 @@ def test_an_answer_counts_only_with_one_finite_number_per_row_per_output() -> No
 
 
 def test_the_next_look_comes_soon_then_less_often() -> None:
-    assert rollout.delay(0) == 0.5 and rollout.delay(20) == 1.5 and rollout.delay(600) == 5.0
+    assert rollout.delay(0) == rollout.delay(59) == 0.5
+    assert rollout.delay(120) == 1.5 and rollout.delay(600) == 5.0
 
 
 # --- the verdict -------------------------------------------------------------------------------------
