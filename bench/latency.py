@@ -142,16 +142,21 @@ class HandServing(Hand):
         t0 = time.monotonic()
         name = f"hsrv-{i:03d}"
         self.promote(i, name=name, replicas=1)
-        uri = f"s3://models/handsrv{i}/{self.run_id}"
+        uri = f"s3://models/handsrv{i}/{self.run_id}/"  # as Hand.promote writes it
         apps, discovery = client.AppsV1Api(self.core.api_client), client.DiscoveryV1Api(self.core.api_client)
         labels = rollout.selector(name, "default")
+        deadline = t0 + 300
         while True:
             deps = [d.to_dict() for d in apps.list_namespaced_deployment(NS, label_selector=labels).items]
             if deps and _rolled_out(deps[0], uri):
                 break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: not rolled out in 300 s")
             time.sleep(0.5)
         request = smoke.request_of(example)
         while True:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: no ready endpoint in 300 s")
             slices = discovery.list_namespaced_endpoint_slice(
                 NS, label_selector=f"kubernetes.io/service-name={name}-default").items
             ready = [(e.addresses[0], p.port) for sl in slices for e in sl.endpoints or []

@@ -176,25 +176,12 @@ class Ownership:
         ``final`` (Promoted), mark what served before Superseded. Returns the deployment's owner
         (``name`` when this promotion serves it now)."""
         with self._holding(namespace, deployment):
-            owner: list[str | None] = [None]
-            fallback: list[str | None] = [None]
-
-            def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
-                owner[0], fallback[0] = named_by(have), fallback_of(have)
-                if owner[0] != name:
-                    return None
-                want = copy.deepcopy(dict(desired))
-                want["metadata"]["annotations"][ROLLBACK_ANNOTATION] = ""
-                return seldon.merge_owned(have, want)
-
-            guarded = seldon.guarded(f"SeldonDeployment {namespace}/{deployment}",
-                                     "spec.target.seldonDeployment.name", merge)
-            self.kube.ensure_seldon(namespace, deployment, guarded)
-            if owner[0] != name:
-                return owner[0]
+            owner, fallback = self._write_while_named(namespace, deployment, name, desired)
+            if owner != name:
+                return owner
             served = self._served.get((namespace, deployment))
             self._report(namespace, deployment, name, final)
-            previous = fallback[0] or (final.model.rollout.previous if final.model.rollout else None)
+            previous = fallback or (final.model.rollout.previous if final.model.rollout else None)
             if previous and previous != name:
                 try:
                     self._supersede(namespace, deployment, previous, name, served)
@@ -208,20 +195,26 @@ class Ownership:
         ``desired`` (the deployment as rendered for the promotion it rolls back to). Returns the
         deployment's owner before the write."""
         with self._holding(namespace, deployment):
-            owner: list[str | None] = [None]
+            return self._write_while_named(namespace, deployment, name, desired)[0]
 
-            def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
-                owner[0] = named_by(have)
-                if owner[0] != name:
-                    return None
-                want = copy.deepcopy(dict(desired))
-                want["metadata"]["annotations"][ROLLBACK_ANNOTATION] = ""
-                return seldon.merge_owned(have, want)
+    def _write_while_named(self, namespace: str, deployment: str, name: str,
+                           desired: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """With the lock held: write ``desired`` with ``rollback-to`` cleared, only while the
+        deployment names ``name``. Returns who it named and rolled back to, as read."""
+        found: list[str | None] = [None, None]
 
-            guarded = seldon.guarded(f"SeldonDeployment {namespace}/{deployment}",
-                                     "spec.target.seldonDeployment.name", merge)
-            self.kube.ensure_seldon(namespace, deployment, guarded)
-            return owner[0]
+        def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
+            found[0], found[1] = named_by(have), fallback_of(have)
+            if found[0] != name:
+                return None
+            want = copy.deepcopy(dict(desired))
+            want["metadata"]["annotations"][ROLLBACK_ANNOTATION] = ""
+            return seldon.merge_owned(have, want)
+
+        guarded = seldon.guarded(f"SeldonDeployment {namespace}/{deployment}", "spec.target.seldonDeployment.name",
+                                 merge)
+        self.kube.ensure_seldon(namespace, deployment, guarded)
+        return found[0], found[1]
 
     def report(self, namespace: str, deployment: str, name: str, draft: Draft) -> None:
         """Patch a promotion's status under the deployment's lock (a rollout's progress)."""
