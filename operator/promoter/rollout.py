@@ -132,14 +132,15 @@ def _any_evidence(pods: Sequence[Mapping[str, Any]], model_uri: str) -> Evidence
         if not _loads(pod.get("spec") or {}, model_uri):
             continue
         st = pod.get("status") or {}
+        name = str(pod["metadata"].get("name"))
         for c in [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]:
-            if not c.get("ready") and not ((c.get("state") or {}).get("terminated") or {}).get("exitCode") == 0:
-                return _evidence(str(pod["metadata"].get("name")), c)
+            finished = ((c.get("state") or {}).get("terminated") or {}).get("exitCode") == 0  # an init container
+            if not c.get("ready") and not finished:
+                return _evidence(name, c)
         if st.get("phase") == "Pending" and not st.get("containerStatuses"):
-            reason = next((c.get("message") or c.get("reason") for c in st.get("conditions") or []
-                           if c.get("type") == "PodScheduled" and c.get("status") == "False"), None)
-            return Evidence(pod=str(pod["metadata"].get("name")), reason="Pending", message=clip(str(reason or
-                            "not scheduled"), 512))
+            why = next((c.get("message") or c.get("reason") for c in st.get("conditions") or []
+                        if c.get("type") == "PodScheduled" and c.get("status") == "False"), None)
+            return Evidence(pod=name, reason="Pending", message=clip(str(why or "not scheduled"), 512))
     return None
 
 
