@@ -81,7 +81,7 @@ undeploy: ## remove the operator; the CRD, the promotions and what they deployed
 	$(KUBECTL) delete -k $(MANIFESTS) --ignore-not-found
 
 BENCH_MINUTES ?= 30
-bench: $(STAMP) $(OPSTAMP) ## benchmarks on devstacks of their own (latency, scale, memory, copy; ~40 min, idle machine); tables + bench/results/*.json
+bench: $(STAMP) $(OPSTAMP) ## benchmarks on devstacks of their own (latency, scale, memory, copy; ~55 min, idle machine); tables + bench/results/*.json
 	$(PY) bench/run_all.py --minutes $(BENCH_MINUTES)
 
 .PHONY: bench
