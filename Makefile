@@ -37,8 +37,12 @@ up: $(STAMP) ## start devstack (etcd, kube-apiserver, controller-manager, schedu
 down: ## stop devstack and everything it started
 	@test -x $(PY) && $(PY) -m devstack down || true
 
-test: $(STAMP) ## unit + integration tests + the devstack e2e (each on devstacks of their own)
-	$(PY) -m pytest tests/unit tests/integration tests/e2e/test_devstack.py
+# Test files run on TEST_WORKERS processes (pytest-xdist), each with a devstack of its own; a
+# file's tests stay together. TEST_WORKERS=0 runs them in one process (needed with DEVSTACK_HOME).
+TEST_WORKERS ?= 2
+
+test: $(STAMP) ## unit + integration tests + the devstack e2e, on TEST_WORKERS (2) devstacks at once
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests/unit tests/integration tests/e2e/test_devstack.py
 
 test-image: $(STAMP) ## build the operator and trainer images (podman, debootstrap base) and run them against devstack
 	$(PY) -m pytest tests/integration/test_image.py
@@ -77,7 +81,7 @@ undeploy: ## remove the operator; the CRD, the promotions and what they deployed
 	$(KUBECTL) delete -k $(MANIFESTS) --ignore-not-found
 
 BENCH_MINUTES ?= 30
-bench: $(STAMP) $(OPSTAMP) ## benchmarks on devstacks of their own (latency, scale, memory, copy; ~40 min, idle machine); tables + bench/results/*.json
+bench: $(STAMP) $(OPSTAMP) ## benchmarks on devstacks of their own (latency, scale, memory, copy; ~55 min, idle machine); tables + bench/results/*.json
 	$(PY) bench/run_all.py --minutes $(BENCH_MINUTES)
 
 .PHONY: bench

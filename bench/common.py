@@ -100,12 +100,15 @@ def kube_client(state: stack.State, pool: int = 32) -> Any:
     return api
 
 
-def log_runs(state: stack.State, count: int, extra_bytes: int, experiment: str = "bench") -> list[str]:
+def log_runs(state: stack.State, count: int, extra_bytes: int, experiment: str = "bench",
+             example: bool = False, garbage: bool = False) -> list[str]:
     """Log ``count`` finished MLflow-2-layout runs (rmse 0.5), each model folder holding an extra
-    file of ``extra_bytes`` random bytes; returns their ids."""
+    file of ``extra_bytes`` random bytes (with ``example``, its serving_input_example.json; with
+    ``garbage``, a model.pkl that is not a pickle); returns their ids."""
     env = harness.mlflow_env(state)
+    flags = [*(["--example"] if example else []), *(["--garbage"] if garbage else [])]
     out = subprocess.run([sys.executable, str(REPO / "bench" / "log_runs.py"), "--count", str(count),
-                          "--extra-bytes", str(extra_bytes), "--experiment", experiment],
+                          "--extra-bytes", str(extra_bytes), "--experiment", experiment, *flags],
                          env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"logging runs failed:\n{out.stderr[-3000:]}")
@@ -113,15 +116,13 @@ def log_runs(state: stack.State, count: int, extra_bytes: int, experiment: str =
 
 
 def promotion(name: str, run_id: str, deployment: str, prefix: str = "rf-regressor",
-              secret_name: str = "seldon-rclone-secret") -> dict[str, Any]:
-    """A promotion the runs of log_runs.py (rmse 0.5) pass, which the operator carries out in full
-    and devstack's Seldon double does not serve (MLFLOW_SERVER with protocol seldon: state Failed,
-    no Deployment, no Pod): these benchmarks measure the promotion path up to the SeldonDeployment
-    write; serving.py measures serving."""
-    obj = harness.promotion(name, run_id, [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 0.8}],
-                            deployment=deployment, prefix=prefix, secret_name=secret_name)
-    obj["spec"]["target"]["seldonDeployment"].update(implementation="MLFLOW_SERVER", protocol="seldon")
-    return obj
+              secret_name: str = "seldon-rclone-secret", replicas: int = 0) -> dict[str, Any]:
+    """A promotion the runs of log_runs.py (rmse 0.5) pass, carried out in full. With 0 replicas
+    (the default) devstack's Seldon double makes a Deployment of no Pod, so the promotion is
+    verified on that rollout alone (Verified reason NoReplicas) and no MLServer starts: the
+    promotion path and its rollout check, without serving; ``replicas=1`` serves it."""
+    return harness.promotion(name, run_id, [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 0.8}],
+                             deployment=deployment, prefix=prefix, secret_name=secret_name, replicas=replicas)
 
 
 # --- the operator ---------------------------------------------------------------------

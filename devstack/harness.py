@@ -67,9 +67,13 @@ def delete_namespace(state: stack.State, name: str) -> None:
 
 def promotion(name: str, run_id: str, gates: list[dict[str, Any]] | None = None,
               deployment: str = "minio-sklearn", prefix: str = "rf-regressor",
-              secret_name: str = "seldon-rclone-secret", scope: str | None = None,
+              secret_name: str = "seldon-rclone-secret", scope: str | None = None, replicas: int = 0,
               **source: Any) -> dict[str, Any]:
-    """A ModelPromotion of ``run_id``'s rf-regressor onto ``deployment`` (MLServer, protocol v2)."""
+    """A ModelPromotion of ``run_id``'s rf-regressor onto ``deployment`` (MLServer, protocol v2).
+
+    ``replicas`` is 0 unless a test serves the model: such a promotion is verified on the rollout
+    of a Deployment scaled to zero (no Pod, so no smoke test), and takes none of the node's Pod
+    slots; the serving tests, the demo and the benchmarks of serving ask for 1."""
     metadata: dict[str, Any] = {"name": name}
     if scope:
         metadata["labels"] = {SCOPE_LABEL: scope}
@@ -83,7 +87,7 @@ def promotion(name: str, run_id: str, gates: list[dict[str, Any]] | None = None,
             "target": {
                 "storage": {"bucket": "models", "prefix": prefix},
                 "seldonDeployment": {"name": deployment, "implementation": "SKLEARN_SERVER", "protocol": "v2",
-                                     "secretName": secret_name},
+                                     "secretName": secret_name, "replicas": replicas},
             },
         },
     }

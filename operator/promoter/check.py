@@ -18,7 +18,7 @@ is wrong, and the check is retried. Only a copy that no longer matches its manif
 from __future__ import annotations
 
 from . import children, credentials, policy, registry, status
-from .artifacts import Copier, parse_s3_uri
+from .artifacts import Copier, CopyResult, ObjectStore, parse_s3_uri
 from .children import Ref
 from .context import Context
 from .errors import ArtifactTampered, Rejected, Unavailable, Waiting
@@ -31,7 +31,9 @@ def check(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft) -> Out
     target = spec.target.seldon_deployment
     run_id = draft.model.run_id or spec.source.run_id or ""  # a registeredModel's, as it was resolved
     with ctx.ownership.check(ref.namespace, target.name) as deployment:
-        owner = deployment.owner()
+        owner, fallback = deployment.owner()
+        if owner != ref.name and fallback == ref.name and draft.model.phase is Phase.PROMOTED:
+            return Outcome()  # another promotion's rollout is being verified: this one serves until then
         if draft.model.phase is Phase.SUPERSEDED:
             if owner != ref.name:
                 return Outcome()
@@ -74,18 +76,38 @@ def _verify_and_restore(ctx: Context, ref: Ref, spec: ModelPromotionSpec, servin
                         deployment: Check) -> bool:
     """The copy still matches its manifest; the children say what this promotion wrote (put
     back when deleted or edited). True when a child was written."""
-    storage = spec.target.storage
-    endpoint = policy.storage_endpoint(storage.endpoint, getattr(storage.credentials_secret_ref, "name", None),
-                                       ctx.settings)
-    keys = credentials.storage_keys(ctx, ref.namespace, spec)
-    bucket, prefix = parse_s3_uri(serving)
-    copier = Copier(ctx.store(endpoint, *keys), bucket, prefix, ctx.settings.copy_concurrency)
-    result = copier.existing()
-    if result is None:
-        raise ArtifactTampered(copier.uri, "the manifest is gone")
+    result = verified_copy(ctx, ref.namespace, spec, serving)
+    endpoint, keys = _target(ctx, ref.namespace, spec)
     wrote_secret = children.rclone_secret(ctx, ref, spec, endpoint, keys)
     wrote_deployment, _ = deployment.restore(ref.name, children.deployment(ref, spec, serving, result.digest, run_id))
     return wrote_secret or wrote_deployment
 
 
-__all__ = ["check"]
+def _target(ctx: Context, namespace: str, spec: ModelPromotionSpec) -> tuple[str, credentials.Keys]:
+    storage = spec.target.storage
+    endpoint = policy.storage_endpoint(storage.endpoint, getattr(storage.credentials_secret_ref, "name", None),
+                                       ctx.settings)
+    return endpoint, credentials.storage_keys(ctx, namespace, spec)
+
+
+def target_store(ctx: Context, namespace: str, spec: ModelPromotionSpec) -> ObjectStore:
+    """The store the spec's copies are in, with the spec's keys (after the allowlist check)."""
+    endpoint, keys = _target(ctx, namespace, spec)
+    return ctx.store(endpoint, *keys)
+
+
+def verified_copy(ctx: Context, namespace: str, spec: ModelPromotionSpec, uri: str,
+                  digest: str | None = None) -> CopyResult:
+    """The copy at ``uri`` still matches its manifest (and the manifest is ``digest``, when
+    given); ArtifactTampered otherwise."""
+    bucket, prefix = parse_s3_uri(uri)
+    copier = Copier(target_store(ctx, namespace, spec), bucket, prefix, ctx.settings.copy_concurrency)
+    result = copier.existing()
+    if result is None:
+        raise ArtifactTampered(copier.uri, "the manifest is gone")
+    if digest is not None and result.digest != digest:
+        raise ArtifactTampered(copier.uri, f"its manifest is {result.digest}, not the {digest} promoted")
+    return result
+
+
+__all__ = ["check", "target_store", "verified_copy"]

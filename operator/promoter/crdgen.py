@@ -173,6 +173,9 @@ def crd_manifest() -> dict[str, Any]:
                     "schema": {"openAPIV3Schema": root},
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": PRINTER_COLUMNS,
+                    # `kubectl get mp --field-selector spec.target.seldonDeployment.name=<sd>`: a
+                    # deployment's promotions, its history (CRD selectable fields, Kubernetes 1.32+).
+                    "selectableFields": [{"jsonPath": ".spec.target.seldonDeployment.name"}],
                 }
             ],
         },

@@ -11,6 +11,11 @@ Run with ``kopf run -m promoter.handlers`` (``--all-namespaces`` or ``-n NS``).
 - Reconciles run in a pool of ``PROMOTER_WORKERS`` threads, at most ``PROMOTER_NAMESPACE_WORKERS``
   of one namespace at once (waiting for that is an ``await``, not a thread), so one namespace's
   slow upstream cannot stall the others.
+- Once a promotion's SeldonDeployment is written, its rollout is verified outside kopf's
+  handlers (``tracker.Rollouts``: one task, looking again at each Deploying promotion when due),
+  so waiting for a rollout holds no worker and writes no retry bookkeeping.
+- ``kubectl annotate mp <name> mlops.dev/restore=<new value>`` rolls a Superseded promotion out
+  again (its own handler: an annotation is not the spec).
 - ``PROMOTER_SCOPE`` shares a cluster between operators: this one handles the promotions
   labelled ``mlops.dev/scope=<scope>`` (unset: those without the label).
 """
@@ -35,6 +40,7 @@ from .kube import Api, Kube, connection
 from .metrics import Metrics
 from .spec import API_GROUP, API_VERSION, PLURAL
 from .status import Outcome
+from .tracker import Rollouts
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 MAX_DELAY = 300.0  # the longest wait between two retries of one promotion
@@ -73,6 +79,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     memo.pool = ThreadPoolExecutor(max_workers=_settings.workers, thread_name_prefix="reconcile")
     memo.lanes = Lanes(_settings.lane_width)
     memo.sweeper = asyncio.create_task(_sweep_forever(memo.ctx, decided), name="drift sweep")
+    memo.rollouts = Rollouts(memo.ctx, memo.pool, memo.lanes)
+    memo.watcher = asyncio.create_task(memo.rollouts.run(), name="rollouts")
     logger.info("settings: tracking %s, storage %s, artifact store %s, metrics port %d, drift check every %gs%s",
                 _settings.tracking_uri, _settings.storage_endpoint, _settings.artifact_s3_endpoint,
                 _settings.metrics_port, _settings.drift_interval,
@@ -81,11 +89,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
 
 @kopf.on.cleanup(id="cleanup")
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    sweeper = getattr(memo, "sweeper", None)
-    if sweeper is not None:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+    for task in (getattr(memo, "sweeper", None), getattr(memo, "watcher", None)):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     pool = getattr(memo, "pool", None)
     if pool is not None:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -107,6 +115,24 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, runtime
     async with memo.lanes.lane(namespace or ""):
         loop = asyncio.get_running_loop()
         outcome = await loop.run_in_executor(memo.pool, _reconcile, ctx, body, runtime.total_seconds())
+    _apply(memo, body, patch, retry, outcome)
+
+
+@kopf.on.update(*RESOURCE, id="restore", field=("metadata", "annotations", promotion.RESTORE_ANNOTATION),
+                labels=SCOPE)
+async def restore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, namespace: str | None, **_: Any) -> None:
+    """``mlops.dev/restore`` set or changed: a Superseded promotion serves again, once verified."""
+    ctx: Context = memo.ctx
+    async with memo.lanes.lane(namespace or ""):
+        outcome = await asyncio.get_running_loop().run_in_executor(memo.pool, _restore, ctx, body)
+    _apply(memo, body, patch, 0, outcome)
+
+
+def _apply(memo: kopf.Memo, body: kopf.Body, patch: kopf.Patch, retry: int, outcome: Outcome) -> None:
+    """A handler's outcome: kopf's patch, its rollout watched, and a retry or a permanent error."""
+    if outcome.watch is not None:
+        meta = body.get("metadata") or {}
+        memo.rollouts.watch(str(meta.get("namespace")), str(meta.get("name")), outcome.watch)
     if outcome.status:
         patch.status.update(outcome.status)
     if outcome.retry is not None:
@@ -114,6 +140,13 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, runtime
         raise kopf.TemporaryError(outcome.retry.message, delay=delay)
     if outcome.rejected is not None:
         raise kopf.PermanentError(outcome.rejected.message)
+
+
+def _restore(ctx: Context, body: Mapping[str, Any]) -> Outcome:
+    outcome = promotion.restore(ctx, body)
+    for event in outcome.events:
+        ctx.kube.post_event(body, event.type, event.reason, event.message, event.action)
+    return outcome
 
 
 def _reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:

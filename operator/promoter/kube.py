@@ -36,6 +36,12 @@ SELDON = "/apis/machinelearning.seldon.io/v1/namespaces/{namespace}/seldondeploy
 PROMOTIONS = "/apis/mlops.dev/v1alpha1/namespaces/{namespace}/modelpromotions"
 SECRETS = "/api/v1/namespaces/{namespace}/secrets"
 EVENTS = "/api/v1/namespaces/{namespace}/events"
+# What a rollout is watched through: read only (list), nothing else of these kinds.
+LISTED = {
+    "deployments": "/apis/apps/v1/namespaces/{namespace}/deployments",
+    "pods": "/api/v1/namespaces/{namespace}/pods",
+    "endpointslices": "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+}
 MERGE_PATCH = "application/merge-patch+json"
 ATTEMPTS = 5
 COMPONENT = "mlflow-seldon-promoter"  # the Events' reportingComponent and source
@@ -53,6 +59,7 @@ class KubeApi(Protocol):
     def get_promotion(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def iter_promotions(self, namespace: str, selector: str = "", page: int = 100) -> Iterator[dict[str, Any]]: ...
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]: ...
     def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
                    action: str = "Reconcile") -> None: ...
 
@@ -239,6 +246,17 @@ class Kube:
             if not token:
                 return
             query = {**base, "continue": token}
+
+    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The Deployments, Pods or EndpointSlices of ``namespace`` matching a label selector
+        (one page: a predictor has a handful)."""
+        what = f"listing {kind} in {namespace} ({selector})"
+        try:
+            found = self._call(what, "GET", LISTED[kind].format(namespace=namespace),
+                               query={"labelSelector": selector, "limit": 500})
+        except ApiError as e:
+            raise self._refused(what, e) from None
+        return list(found.get("items") or [])
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """A merge patch of a promotion's status (progress while copying, supersession)."""

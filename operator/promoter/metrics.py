@@ -24,6 +24,15 @@ class Metrics:
         self.upstream_errors = Counter(f"{PREFIX}_upstream_errors_total",
                                        "Failed calls to MLflow, S3 or the API server.", ["upstream"],
                                        registry=r)
+        self.rollout_seconds = Histogram(f"{PREFIX}_rollout_duration_seconds",
+                                         "From the SeldonDeployment write to the verdict (verified or failed).",
+                                         ["result"], registry=r,
+                                         buckets=(1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
+        self.rollbacks = Counter(f"{PREFIX}_rollbacks_total", "Failed rollouts rolled back, by reason.",
+                                 ["reason"], registry=r)
+        self.smoke_test_seconds = Histogram(f"{PREFIX}_smoke_test_duration_seconds",
+                                            "Time the model took to answer its own example.", registry=r,
+                                            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
     def outcome(self, phase: str) -> None:
         self.promotions.labels(outcome=phase).inc()

@@ -1,17 +1,24 @@
 """Who serves a SeldonDeployment: the one owner of that fact.
 
-Invariant: the SeldonDeployment's ``mlops.dev/promotion`` annotation names the promotion that
-serves it. That is the truth, and the phases follow it: the promotion it names is ``Promoted``;
-one that served it before is ``Superseded``.
+Invariant: the SeldonDeployment's ``mlops.dev/promotion`` annotation names the promotion whose
+model it is set to serve. That is the truth, and the phases follow it: the promotion it names is
+``Deploying`` (its rollout not yet verified) or ``Promoted``; one that served it before is
+``Superseded``. While a rollout is being verified, ``mlops.dev/rollback-to`` names the promotion
+that served before (still ``Promoted``: it is never demoted while the new model is only being
+tried), and what a failed rollout restores; it is empty once the rollout is verified.
 
 The operator runs as one replica, and every write that can change the answer, or a phase that
 depends on it, happens in this module, under a lock per deployment:
 
-* :meth:`Ownership.take` (a new generation is promoted): write the deployment, then patch the
-  promotion's own final status, then mark the promotion the annotation named before Superseded.
-  Statuses therefore follow the order of the deployment's writes: of two promotions finishing
-  together, the later writer ends Promoted and the earlier Superseded, with no watch, index or
-  re-check in between.
+* :meth:`Ownership.take` (a new generation, or a restore, is rolled out): write the deployment
+  naming the promotion, with ``rollback-to`` naming what served before, then patch the
+  promotion's own status (Deploying). Nothing is marked Superseded yet.
+* :meth:`Ownership.verified` (the rollout and the smoke test passed): while the deployment still
+  names the promotion, clear ``rollback-to``, patch the promotion Promoted, then mark the one it
+  replaced Superseded. Statuses therefore follow the order of the deployment's writes: of two
+  promotions finishing together, the later writer ends Promoted and the earlier Superseded.
+* :meth:`Ownership.roll_back` (the rollout failed): while the deployment still names the failed
+  promotion, write back what the ``rollback-to`` promotion serves.
 * :meth:`Ownership.serving` reads which run the deployment serves (its ``mlops.dev/run-id``
   annotation) for baseline gates; ``take`` is then told that run, and refuses with
   ``ServingChanged`` when another promotion moved the deployment in between, so a challenger is
@@ -19,10 +26,11 @@ depends on it, happens in this module, under a lock per deployment:
 * :meth:`Ownership.still_serving` holds the deployment for what follows a takeover (the
   registry record) only while the promotion still serves it, so a record and its status never
   land after a later takeover's.
-* :meth:`Ownership.check` (resume and the drift sweep): read the annotation, and move a settled
-  promotion between Promoted and Superseded when it disagrees (someone edited the annotation, or
-  the operator died between the write and the status patches); restore a deleted or edited
-  deployment only while it still names that promotion.
+* :meth:`Ownership.check` (resume and the drift sweep): read the annotations, and move a settled
+  promotion between Promoted and Superseded when they disagree (someone edited the annotation, or
+  the operator died between the write and the status patches); a Promoted promotion that
+  ``rollback-to`` names stays Promoted; restore a deleted or edited deployment only while it
+  still names that promotion.
 
 To mark a promotion Superseded without reading it, the status this process last wrote for the
 promotion each deployment names is kept (one per deployment); when there is none (after a
@@ -32,6 +40,7 @@ restart), the previous promotion is read once.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import re
 import threading
@@ -48,6 +57,7 @@ if TYPE_CHECKING:
     from .kube import KubeApi
 
 PROMOTION_ANNOTATION = seldon.PROMOTION_ANNOTATION
+ROLLBACK_ANNOTATION = "mlops.dev/rollback-to"
 RUN_ANNOTATION = "mlops.dev/run-id"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 log = logging.getLogger("promoter.ownership")
@@ -61,6 +71,11 @@ def _annotation(deployment: Mapping[str, Any] | None, key: str) -> str | None:
 def named_by(deployment: Mapping[str, Any] | None) -> str | None:
     """The promotion a SeldonDeployment object names (None: absent, or no annotation)."""
     return _annotation(deployment, PROMOTION_ANNOTATION)
+
+
+def fallback_of(deployment: Mapping[str, Any] | None) -> str | None:
+    """The promotion a SeldonDeployment rolls back to while its rollout is verified (None: none)."""
+    return _annotation(deployment, ROLLBACK_ANNOTATION)
 
 
 def run_of(deployment: Mapping[str, Any] | None) -> str | None:
@@ -81,6 +96,7 @@ class Serving:
 class Taken:
     written: bool  # the deployment was created or patched
     previous: str | None  # the promotion it named before, when another one
+    fallback: str | None  # what a failed rollout restores: the last verified promotion
 
 
 @dataclass
@@ -119,37 +135,91 @@ class Ownership:
         return Serving(run_of(self.kube.get_seldon(namespace, deployment)))
 
     def take(self, namespace: str, deployment: str, name: str, desired: Mapping[str, Any],
-             final: Draft, judged: Serving | None = None) -> Taken:
-        """Make ``deployment`` serve promotion ``name``: ``desired`` is the deployment as rendered
-        (its annotation naming ``name``), ``final`` the promotion's status once it serves.
+             deploying: Draft, judged: Serving | None = None) -> Taken:
+        """Make ``deployment`` serve promotion ``name``'s model: ``desired`` is the deployment as
+        rendered (its annotation naming ``name``), ``deploying`` the promotion's status while its
+        rollout is verified (its ``rollout.previous`` is set here: the fallback).
         ``judged``: what :meth:`serving` said when baseline gates were judged against it;
         ServingChanged if the deployment serves another run now (this promotion's own run is
         fine: that is a take resumed after a crash)."""
         mine = run_of(desired)
         with self._holding(namespace, deployment, taking=True):
-            before: list[str | None] = [None]
+            before: list[str | None] = [None, None]
 
             def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
-                before[0] = named_by(have)
+                named, fallback = named_by(have), fallback_of(have)
+                # What served before: the promotion named, once verified; while it is still
+                # being verified (rollback-to set), what it would itself roll back to.
+                previous = fallback if fallback or named == name else named
+                before[0], before[1] = named, previous if previous != name else None
                 now = run_of(have)
                 if judged is not None and now not in (judged.run_id, mine):
                     raise ServingChanged(deployment, judged.run_id, now)
-                return seldon.merge_owned(have, desired)
+                want = copy.deepcopy(dict(desired))
+                want["metadata"]["annotations"][ROLLBACK_ANNOTATION] = before[1] or ""
+                return seldon.merge_owned(have, want)
 
             guarded = seldon.guarded(f"SeldonDeployment {namespace}/{deployment}",
                                      "spec.target.seldonDeployment.name", merge)
             written = self.kube.ensure_seldon(namespace, deployment, guarded) != "unchanged"
             faults.checkpoint("after-seldon")
+            if deploying.model.rollout is not None:
+                deploying.model.rollout.previous = before[1]
+            self._report(namespace, deployment, name, deploying)
+            previous = before[0] if before[0] != name else None
+            return Taken(written, previous, before[1])
+
+    def verified(self, namespace: str, deployment: str, name: str, desired: Mapping[str, Any],
+                 final: Draft) -> str | None:
+        """The rollout of promotion ``name`` is verified: while the deployment still names it,
+        clear ``rollback-to`` (``desired`` is the deployment as rendered for ``name``), patch
+        ``final`` (Promoted), mark what served before Superseded. Returns the deployment's owner
+        (``name`` when this promotion serves it now)."""
+        with self._holding(namespace, deployment):
+            owner, fallback = self._write_while_named(namespace, deployment, name, desired)
+            if owner != name:
+                return owner
             served = self._served.get((namespace, deployment))
             self._report(namespace, deployment, name, final)
-            previous = before[0] if before[0] != name else None
-            if previous is not None:
+            previous = fallback or (final.model.rollout.previous if final.model.rollout else None)
+            if previous and previous != name:
                 try:
                     self._supersede(namespace, deployment, previous, name, served)
                 except PromoterError as e:  # its own check (resume, the sweep) reads the annotation
                     log.warning("could not mark ModelPromotion %s/%s superseded by %s: %s",
                                 namespace, previous, name, e)
-            return Taken(written, previous)
+            return name
+
+    def roll_back(self, namespace: str, deployment: str, name: str, desired: Mapping[str, Any]) -> str | None:
+        """Promotion ``name``'s rollout failed: while the deployment still names it, write
+        ``desired`` (the deployment as rendered for the promotion it rolls back to). Returns the
+        deployment's owner before the write."""
+        with self._holding(namespace, deployment):
+            return self._write_while_named(namespace, deployment, name, desired)[0]
+
+    def _write_while_named(self, namespace: str, deployment: str, name: str,
+                           desired: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """With the lock held: write ``desired`` with ``rollback-to`` cleared, only while the
+        deployment names ``name``. Returns who it named and rolled back to, as read."""
+        found: list[str | None] = [None, None]
+
+        def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
+            found[0], found[1] = named_by(have), fallback_of(have)
+            if found[0] != name:
+                return None
+            want = copy.deepcopy(dict(desired))
+            want["metadata"]["annotations"][ROLLBACK_ANNOTATION] = ""
+            return seldon.merge_owned(have, want)
+
+        guarded = seldon.guarded(f"SeldonDeployment {namespace}/{deployment}", "spec.target.seldonDeployment.name",
+                                 merge)
+        self.kube.ensure_seldon(namespace, deployment, guarded)
+        return found[0], found[1]
+
+    def report(self, namespace: str, deployment: str, name: str, draft: Draft) -> None:
+        """Patch a promotion's status under the deployment's lock (a rollout's progress)."""
+        with self._holding(namespace, deployment):
+            self._report(namespace, deployment, name, draft)
 
     @contextlib.contextmanager
     def check(self, namespace: str, deployment: str) -> Iterator[Check]:
@@ -200,8 +270,10 @@ class Check:
     def __init__(self, ownership: Ownership, namespace: str, deployment: str) -> None:
         self._ownership, self.namespace, self.deployment = ownership, namespace, deployment
 
-    def owner(self) -> str | None:
-        return named_by(self._ownership.kube.get_seldon(self.namespace, self.deployment))
+    def owner(self) -> tuple[str | None, str | None]:
+        """Who the deployment names, and who it rolls back to while a rollout is verified."""
+        found = self._ownership.kube.get_seldon(self.namespace, self.deployment)
+        return named_by(found), fallback_of(found)
 
     def restore(self, name: str, desired: Mapping[str, Any]) -> tuple[bool, str | None]:
         """Write ``desired`` back when the deployment is gone or still names ``name``; never over
@@ -210,7 +282,11 @@ class Check:
 
         def merge(have: dict[str, Any] | None) -> dict[str, Any] | None:
             owner[0] = named_by(have) or name if have is not None else name
-            return seldon.merge_owned(have, desired) if owner[0] == name else None
+            if owner[0] != name:
+                return None
+            want = copy.deepcopy(dict(desired))
+            want["metadata"]["annotations"].setdefault(ROLLBACK_ANNOTATION, "")
+            return seldon.merge_owned(have, want)
 
         guarded = seldon.guarded(f"SeldonDeployment {self.namespace}/{self.deployment}",
                                  "spec.target.seldonDeployment.name", merge)
@@ -221,5 +297,5 @@ class Check:
         self._ownership._report(self.namespace, self.deployment, name, draft)
 
 
-__all__ = ["PROMOTION_ANNOTATION", "RUN_ANNOTATION", "Check", "Ownership", "Serving", "Taken", "named_by",
-           "run_of"]
+__all__ = ["PROMOTION_ANNOTATION", "ROLLBACK_ANNOTATION", "RUN_ANNOTATION", "Check", "Ownership", "Serving", "Taken",
+           "fallback_of", "named_by", "run_of"]

@@ -7,11 +7,15 @@ A new generation of the spec goes through every step::
       -> find the model, read MLmodel, its library versions against the serving image's
       (candidate) -> verified copy under <root>/<prefix>/<runId>/ (or reuse one that provably
       holds the same model) -> rclone Secret
-      -> SeldonDeployment + own status Promoted + the previous one Superseded (ownership.take)
-      -> the Model Registry record (registry), once Promoted
+      -> SeldonDeployment + own status Deploying (ownership.take)
+      -> the rollout verified and the smoke test passed (rollout, looked at again and again):
+         Promoted + the previous one Superseded, then the Model Registry record (registry);
+         or Failed, and the previous model restored
 
 A generation already decided is cheap: Rejected and Failed stay as they are; Promoted and
 Superseded are checked (``check``) against the SeldonDeployment, the copy and the children.
+A Superseded promotion annotated ``mlops.dev/restore=<new value>`` is rolled out again
+(:func:`restore`), with the same rollout verification.
 
 The outcome is data (status, Events, whether to retry); ``handlers`` applies it. The gateways
 come from the :class:`~promoter.context.Context`, so all of this runs over in-memory fakes in
@@ -25,7 +29,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from . import candidate, check, children, credentials, faults, gates, policy, registry, status
+from . import candidate, check, children, credentials, faults, gates, policy, registry, rollout, status
 from .artifacts import Copier, CopyResult, ObjectStore
 from .children import Ref
 from .config import Settings
@@ -42,14 +46,25 @@ from .errors import (
     Waiting,
     clip,
 )
-from .mlflow_source import MlflowApi, ModelLocation, ModelVersion, Run
-from .spec import Artifact, ModelPromotionSpec, ModelVersionRef, Phase, Progress, model_uri, object_prefix, parse_spec
+from .mlflow_source import ModelVersion, Run
+from .spec import (
+    Artifact,
+    ModelPromotionSpec,
+    ModelVersionRef,
+    Phase,
+    Progress,
+    RolloutStatus,
+    model_uri,
+    object_prefix,
+    parse_spec,
+)
 from .status import Draft, Event, Outcome
 
 PROGRESS_EVERY = 2.0  # seconds between progress patches while copying
 SUMMARY_LIMIT = 256  # characters of the GATES column
 DECIDED = (Phase.PROMOTED, Phase.REJECTED, Phase.SUPERSEDED, Phase.FAILED)
 CHECKED = (Phase.PROMOTED, Phase.SUPERSEDED)  # settled phases that are checked against the deployment
+RESTORE_ANNOTATION = "mlops.dev/restore"
 
 
 def reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:
@@ -64,6 +79,13 @@ def reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:
             news = status.degraded(draft, f"{e.message}; it cannot be checked until the spec is fixed")
             return Outcome(draft.patch(), [Event("Warning", status.DEGRADED, e.message, "Check")] if news else [])
         return _rejected(ctx, draft, e) if not settled else Outcome()
+    if draft.settled and draft.model.phase is Phase.DEPLOYING:
+        try:
+            return rollout.advance(ctx, body, spec, draft)
+        except Waiting as e:  # the API server or S3 did not answer: look again, the clock runs on
+            if isinstance(e, Unavailable):
+                ctx.metrics.upstream_error(e.upstream)
+            return Outcome(watch=max(1.0, min(e.delay, 10.0)))
     if settled and draft.model.phase in CHECKED:
         return check.check(ctx, ref, spec, draft)
     if settled:
@@ -152,33 +174,59 @@ def _promote(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft, wai
                f"{target.name} now serves run {run_id}")
     if version is not None:
         message += f" ({version.name} version {version.version})"
-    final = draft.copy()  # the draft stays as it was should the write fail
-    status.promoted(final, message, f"SeldonDeployment {target.name} serves {final.model.model_uri}")
-    taken = ctx.ownership.take(ref.namespace, target.name, ref.name,
-                               children.deployment(ref, spec, draft.model.model_uri, result.digest, run_id), final,
-                               judged)
-    ctx.metrics.outcome(Phase.PROMOTED.value)
-    if taken.previous:  # said in the one Event: an Event is an API request too
-        message += f" (taken over from ModelPromotion {taken.previous})"
-    events.append(Event("Normal", "Promoted", clip(message), "Promote"))
-    return _now_promoted(ctx, ref, spec, final, client, events, run, located.location)
+    desired = children.deployment(ref, spec, draft.model.model_uri, result.digest, run_id)
+    return _deploy(ctx, ref, spec, draft, desired, message, events, judged)
 
 
-def _now_promoted(ctx: Context, ref: Ref, spec: ModelPromotionSpec, final: Draft, client: MlflowApi,
-                  events: list[Event], run: Run, location: ModelLocation | None) -> Outcome:
-    """The promotion serves: what follows from that (today, the registry record). It happens
-    under the deployment's lock and only while this promotion still serves it, so a later
-    takeover's record (the alias, the serving tag) is never overwritten by this one's."""
-    if spec.registry is None:
-        return Outcome(events=events)
-    faults.checkpoint("after-promoted")
-    with ctx.ownership.still_serving(ref.namespace, spec.target.seldon_deployment.name, ref.name) as held:
-        if held is None:  # taken over already, or about to be: the promotion serving last records
-            return Outcome(events=events)
-        after = Draft(final.written(), final.generation)
-        outcome = registry.record_outcome(ctx, client, ref.namespace, ref.name, spec, after, run, location)
-        held.report(ref.name, after)
-    return Outcome(events=events + outcome.events, retry=outcome.retry)
+def _deploy(ctx: Context, ref: Ref, spec: ModelPromotionSpec, draft: Draft, desired: Mapping[str, Any],
+            message: str, events: list[Event], judged: Any = None) -> Outcome:
+    """Write the SeldonDeployment (ownership.take) and start verifying its rollout."""
+    target = spec.target.seldon_deployment
+    deploying = draft.copy()  # the draft stays as it was should the write fail
+    status.deploying(deploying, f"rolling out {deploying.model.model_uri} to SeldonDeployment {target.name}")
+    deploying.model.rollout = RolloutStatus(started_at=status.now(), started=time.time(), promoted_message=message)
+    taken = ctx.ownership.take(ref.namespace, target.name, ref.name, desired, deploying, judged)
+    what = f"wrote SeldonDeployment {target.name} to serve {deploying.model.model_uri}"
+    if taken.previous:
+        what += f", replacing ModelPromotion {taken.previous}'s model"
+    if taken.fallback:
+        what += f"; a failed rollout restores ModelPromotion {taken.fallback}'s"
+    events.append(Event("Normal", "Deploying", clip(f"{what}; verifying the rollout (timeout {spec.rollout.timeout})"),
+                        "Promote"))
+    return Outcome(events=events, watch=rollout.delay(0))
+
+
+def restore(ctx: Context, body: Mapping[str, Any]) -> Outcome:
+    """``mlops.dev/restore=<value>`` on a promotion: a Superseded one is rolled out again (its
+    copy re-verified first) with the same verification, and the one it replaces becomes
+    Superseded once it is verified. A value is acted on once (``status.restore``)."""
+    value = str(((body.get("metadata") or {}).get("annotations") or {}).get(RESTORE_ANNOTATION) or "")
+    draft = Draft.of(body)
+    if not value or value == draft.model.restore:
+        return Outcome()
+    draft.model.restore = value
+    ref = Ref.of(body)
+    phase = draft.model.phase
+    if not draft.settled or phase is not Phase.SUPERSEDED or not draft.model.model_uri or draft.model.artifact is None:
+        why = ("it serves already" if phase is Phase.PROMOTED and draft.settled else
+               f"only a Superseded promotion can be restored; this one is {phase.value}")
+        return Outcome(draft.patch(), [Event("Warning" if phase is not Phase.PROMOTED else "Normal",
+                                             "RestoreIgnored", f"{RESTORE_ANNOTATION}={value}: {why}", "Restore")])
+    try:
+        spec = parse_spec(body.get("spec") or {})
+        copy = check.verified_copy(ctx, ref.namespace, spec, draft.model.model_uri, draft.model.artifact.digest)
+        storage = spec.target.storage
+        endpoint = policy.storage_endpoint(storage.endpoint, getattr(storage.credentials_secret_ref, "name", None),
+                                           ctx.settings)
+        children.rclone_secret(ctx, ref, spec, endpoint, credentials.storage_keys(ctx, ref.namespace, spec))
+    except (Rejected, Waiting) as e:
+        message = f"{RESTORE_ANNOTATION}={value}: not restored: {e.message}"
+        return Outcome(draft.patch(), [Event("Warning", "RestoreRefused", clip(message), "Restore")])
+    run_id = str(draft.model.run_id or "")
+    desired = children.deployment(ref, spec, draft.model.model_uri, copy.digest, run_id)
+    message = (f"restored on request ({RESTORE_ANNOTATION}={value}): {spec.target.seldon_deployment.name} serves "
+               f"run {run_id} again")
+    return _deploy(ctx, ref, spec, draft, desired, message, [])
 
 
 def _version_ref(spec: ModelPromotionSpec, version: ModelVersion) -> ModelVersionRef:
@@ -239,4 +287,4 @@ def _copy(ctx: Context, ref: Ref, copier: Copier, located: candidate.Located, sp
     return result
 
 
-__all__ = ["CHECKED", "DECIDED", "reconcile"]
+__all__ = ["CHECKED", "DECIDED", "RESTORE_ANNOTATION", "reconcile", "restore"]

@@ -47,6 +47,7 @@ REGISTERED_MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,255}$"
 # MLflow's own alias rule (letters, digits, '_' and '-'), in ASCII.
 ALIAS_PATTERN = r"^[A-Za-z0-9_-]{1,255}$"
 PREFIX_PATTERN = r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$"
+DURATION_PATTERN = r"^([0-9]{1,5}h)?([0-9]{1,5}m)?([0-9]{1,5}s)?$"
 
 # What a failed pattern means, in words; the parser says this instead of echoing the regex.
 _PATTERN_MEANING = {
@@ -67,6 +68,7 @@ _PATTERN_MEANING = {
     REGISTERED_MODEL_PATTERN: "must be an MLflow registered model name: 1-256 of letters, digits, '.', '_', "
     "'-' and ' ', starting with a letter or digit",
     ALIAS_PATTERN: "must be an MLflow alias: 1-255 of letters, digits, '_' and '-'",
+    DURATION_PATTERN: "must be a duration such as 90s, 10m or 1h30m (hours, minutes, seconds)",
 }
 
 
@@ -385,6 +387,65 @@ class Registry(_Spec):
     )
 
 
+MIN_ROLLOUT_SECONDS, MAX_ROLLOUT_SECONDS = 10, 24 * 3600
+
+
+def seconds(duration: str) -> int:
+    """A DURATION_PATTERN duration in seconds ("1h30m" -> 5400)."""
+    total, number = 0, ""
+    for ch in duration:
+        if ch.isdigit():
+            number += ch
+        else:
+            total += int(number) * {"h": 3600, "m": 60, "s": 1}[ch]
+            number = ""
+    return total
+
+
+def _rollout_timeout(value: str) -> str:
+    if not value or not MIN_ROLLOUT_SECONDS <= seconds(value) <= MAX_ROLLOUT_SECONDS:
+        raise ValueError(f"must be between {MIN_ROLLOUT_SECONDS}s and {MAX_ROLLOUT_SECONDS // 3600}h, got {value!r}")
+    return value
+
+
+
+class SmokeTest(StrEnum):
+    AUTO = "Auto"  # the model's serving_input_example.json (else input_example.json), if it has one
+    SKIP = "Skip"
+
+
+class Rollback(StrEnum):
+    AUTOMATIC = "Automatic"  # on failure, the deployment serves what it served before again
+    NONE = "None"
+
+
+class Rollout(_Spec):
+    """How a promotion is verified once the SeldonDeployment is written: it is Promoted only when
+    the predictor's Deployment has rolled out this model and the model answers its own example."""
+
+    timeout: Annotated[str, AfterValidator(_rollout_timeout)] = Field(
+        default="10m", max_length=20, pattern=DURATION_PATTERN,
+        description="From the SeldonDeployment write to a verified model (10s to 24h), e.g. 10m.",
+        json_schema_extra=_rules((
+            f"self != '' && duration(self) >= duration('{MIN_ROLLOUT_SECONDS}s') "
+            f"&& duration(self) <= duration('{MAX_ROLLOUT_SECONDS // 3600}h')",
+            f"rollout.timeout must be between {MIN_ROLLOUT_SECONDS}s and {MAX_ROLLOUT_SECONDS // 3600}h")),
+    )
+    smoke_test: SmokeTest = Field(
+        default=SmokeTest.AUTO,
+        description="Auto: send the model's serving_input_example.json (else input_example.json) to the new Pods; "
+        "Skip: judge on the rollout alone.",
+    )
+    rollback: Rollback = Field(
+        default=Rollback.AUTOMATIC,
+        description="Automatic: on failure, restore what served before; None: leave the deployment as it is.",
+    )
+
+    @property
+    def timeout_seconds(self) -> int:
+        return seconds(self.timeout)
+
+
 class Compatibility(StrEnum):
     WARN = "Warn"  # a condition and a Warning Event name both versions; the promotion goes on
     STRICT = "Strict"  # Rejected with the same message
@@ -431,6 +492,9 @@ class ModelPromotionSpec(_Spec):
     compatibility: Compatibility = Field(
         default=Compatibility.WARN,
         description="The model's scikit-learn and Python against the serving image's: Warn, Strict or Ignore.",
+    )
+    rollout: Rollout = Field(
+        default_factory=Rollout, description="Wait for the rollout, smoke-test the model, roll back on failure."
     )
 
     @field_validator("gates")
@@ -686,6 +750,52 @@ class ModelVersionRef(_StatusModel):
     alias: str | None = Field(default=None, description="The alias the source named, when it named one.")
 
 
+class Evidence(_StatusModel):
+    """What a failed rollout or smoke test showed (a container's state, or the HTTP answer)."""
+
+    pod: str | None = None
+    container: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    restarts: int | None = None
+    message: str | None = None
+    http_status: int | None = None
+
+
+class Verification(_StatusModel):
+    """The smoke test: the model's own example sent to a new Pod."""
+
+    endpoint: str
+    example: str = Field(description="The example file sent, relative to modelUri.")
+    rows: int
+    latency_seconds: float
+    predictions: list[float] = Field(default_factory=list, description="The first predictions (at most 5).")
+
+
+class RolloutState(StrEnum):
+    DEPLOYING = "Deploying"  # waiting for the predictor's Deployment and the smoke test
+    ROLLING_BACK = "RollingBack"  # failed: waiting for the previous model to serve again
+    DONE = "Done"
+
+
+class RolloutStatus(_StatusModel):
+    """The rollout of this promotion's model, from the SeldonDeployment write to the verdict."""
+
+    state: RolloutState = RolloutState.DEPLOYING
+    started_at: str = Field(description="When the SeldonDeployment was written (RFC 3339).")
+    started: float = Field(description="The same, in seconds since the epoch.")
+    previous: str | None = Field(default=None, description="The promotion that served before: a rollback restores it.")
+    deployment: str | None = Field(default=None, description="The predictor's Deployment.")
+    failure: str | None = Field(default=None, description="Why it failed (reason).")
+    failure_message: str | None = None
+    evidence: Evidence | None = None
+    rollback_started: float | None = None
+    rolled_back_to: str | None = None
+    promoted_message: str | None = Field(default=None, description="The message once verified.")
+    finished_at: str | None = None
+    seconds: float | None = Field(default=None, description="Write to verdict.")
+
+
 class Phase(StrEnum):
     PENDING = "Pending"
     COPYING = "Copying"
@@ -715,6 +825,10 @@ class PromotionStatus(_StatusModel):
     progress: Progress | None = None
     message: str = ""
     superseded_by: str | None = None
+    rollout: RolloutStatus | None = None
+    verification: Verification | None = None
+    restore: str | None = Field(
+        default=None, description="The last mlops.dev/restore annotation value acted on.")
 
 
 def set_condition(conditions: list[Condition], new: Condition, now: str) -> list[Condition]:
@@ -747,6 +861,7 @@ __all__ = [
     "Baseline",
     "Compatibility",
     "Condition",
+    "Evidence",
     "Gate",
     "GateOp",
     "GateResult",
@@ -759,14 +874,21 @@ __all__ = [
     "Protocol",
     "RegisteredModel",
     "Registry",
+    "Rollback",
+    "Rollout",
+    "RolloutState",
+    "RolloutStatus",
     "SecretRef",
     "SeldonTarget",
+    "SmokeTest",
     "Source",
     "Storage",
     "Target",
+    "Verification",
     "WhenNoBaseline",
     "model_uri",
     "object_prefix",
     "parse_spec",
+    "seconds",
     "set_condition",
 ]

@@ -7,7 +7,9 @@ always agree with the phase::
 
     rejected    Rejected (or Failed for a tampered copy), Stalled=True: no retry until the spec changes
     waiting     phase kept, Reconciling=True: retried after a delay (an upstream, a running run)
-    promoted    Promoted, Ready=True, Deployed=True
+    deploying   Deploying, Reconciling=True: the deployment is written, its rollout is verified
+    promoted    Promoted, Ready=True, Deployed=True, Verified (True, or Unknown with the reason)
+    failed      Failed, Stalled=True: the rollout or the smoke test failed (rolled back or not)
     superseded  Superseded, Ready=False: a later promotion serves the deployment
     reclaimed   Promoted again: the deployment still names this promotion
     degraded    Promoted kept, Ready=False reason Degraded: a check of a serving promotion failed
@@ -51,6 +53,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     retry: Waiting | None = None
     rejected: Rejected | None = None
+    watch: float | None = None  # a rollout is being verified: look again in this many seconds
 
 
 def now() -> str:
@@ -122,11 +125,20 @@ class Draft:
         if not self.changes():
             return {}
         new = self.written()
-        return {**new, **{k: None for k in self.clear if k not in new}}
+        whole = {k: _whole(self.stored.get(k), v) for k, v in new.items()}
+        return {**whole, **{k: None for k in self.clear if k not in new}}
 
     def written(self) -> dict[str, Any]:
         """The status as this draft has it (what :meth:`patch` writes, without the nulls)."""
         return self.model.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _whole(stored: Any, new: Any) -> Any:
+    """``new``, with a null for each key of a stored object that ``new`` no longer has (a merge
+    patch keeps what it does not mention)."""
+    if not isinstance(stored, Mapping) or not isinstance(new, Mapping):
+        return new
+    return {**{k: None for k in stored if k not in new}, **{k: _whole(stored.get(k), v) for k, v in new.items()}}
 
 
 def _attribute(key: str) -> str:
@@ -160,15 +172,44 @@ def waiting(draft: Draft, e: Waiting) -> bool:
     return news
 
 
+def deploying(draft: Draft, message: str) -> None:
+    """The SeldonDeployment is (about to be) written: the rollout and smoke test are pending."""
+    draft.model.phase = Phase.DEPLOYING
+    draft.say(message)
+    draft.model.observed_generation = draft.generation
+    draft.unset("progress", "supersededBy", "verification")
+    draft.condition("Deployed", "Unknown", "RollingOut", message)
+    draft.condition("Verified", "Unknown", "Pending", "the smoke test runs once the rollout is done")
+    draft.condition("Ready", "False", "Deploying", message)
+    draft.condition("Reconciling", "True", "Deploying", message)
+    draft.condition("Stalled", "False", "Deploying")
+
+
 def promoted(draft: Draft, message: str, deployed: str) -> None:
     draft.model.phase = Phase.PROMOTED
     draft.say(message)
     draft.model.observed_generation = draft.generation
     draft.unset("progress", "supersededBy")
-    draft.condition("Deployed", "True", "Deployed", deployed)
+    draft.condition("Deployed", "True", "RolledOut", deployed)
     draft.condition("Ready", "True", "Promoted", message)
     draft.condition("Reconciling", "False", "Promoted")
     draft.condition("Stalled", "False", "Promoted")
+
+
+def failed(draft: Draft, reason: str, message: str) -> None:
+    """The rollout or the smoke test failed; ``message`` says what the deployment serves now."""
+    draft.model.phase = Phase.FAILED
+    draft.say(message)
+    draft.model.observed_generation = draft.generation
+    draft.condition("Ready", "False", reason, message)
+    draft.condition("Reconciling", "False", reason)
+    draft.condition("Stalled", "True", reason, message)
+
+
+def rolling_back(draft: Draft, reason: str, message: str) -> None:
+    draft.say(message)
+    draft.condition("Ready", "False", reason, message)
+    draft.condition("Reconciling", "True", "RollingBack", message)
 
 
 def superseded(draft: Draft, by: str, deployment: str) -> str:
@@ -231,5 +272,6 @@ def _ready_message(draft: Draft) -> str:
     return next((c.message for c in draft.model.conditions if c.type == "Ready"), "")
 
 
-__all__ = ["DEGRADED", "RECORDED", "VERSIONS_MATCH", "Draft", "Event", "Outcome", "degraded", "now", "promoted",
+__all__ = ["DEGRADED", "RECORDED", "VERSIONS_MATCH", "Draft", "Event", "Outcome", "degraded", "deploying", "failed",
+           "now", "promoted", "rolling_back",
            "reclaimed", "record_due", "recorded", "recovered", "rejected", "superseded", "unrecorded", "waiting"]

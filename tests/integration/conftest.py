@@ -29,6 +29,9 @@ __all__ = ["REPO", "STORAGE_SECRET", "Operator", "new_namespace", "train"]
 @pytest.fixture(scope="session")
 def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.State]:
     home = os.environ.get("DEVSTACK_HOME")
+    if home and int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        pytest.fail("DEVSTACK_HOME shares one devstack, and each test process starts an operator of its own on "
+                    "it: run the tests in one process (pytest without -n, or TEST_WORKERS=0 make test)")
     if home:
         state = stack.running(Path(home))
         if state is None:

@@ -344,7 +344,8 @@ def test_a_crash_at_each_step_converges_to_the_clean_end_state_with_nothing_half
     assert "progress" not in mp["status"]
     # one decision, told once (the models are saved in the dev venv: the serving image's
     # scikit-learn differs, which is said once too)
-    assert sorted(reasons(devstack, fns, "crashy")) == [("Normal", "Promoted"), ("Warning", "VersionSkew")]
+    assert sorted(reasons(devstack, fns, "crashy")) == [("Normal", "Deploying"), ("Normal", "Promoted"),
+                                                        ("Warning", "VersionSkew")]
     # no duplicates: one deployment, one rclone Secret, the bucket holds the model and its manifest
     sdeps = seldons(devstack, fns)
     assert [sd_uri(s) for s in sdeps] == [mp["status"]["modelUri"]]

@@ -97,7 +97,9 @@ def test_a_passing_run_is_promoted_copied_and_served(
     # VERSION is empty: the run is not registered
     assert wide[1].split()[-1] == f"s3://models/{namespace}/rf-regressor/{run_id}"
     # trained in the dev venv (scikit-learn 1.9.1), served by MLServer 1.7.1's 1.5.2: warned, then promoted
-    assert sorted(e["reason"] for e in events(devstack, namespace, name)) == ["Promoted", "VersionSkew"]
+    assert sorted(e["reason"] for e in events(devstack, namespace, name)) == ["Deploying", "Promoted", "VersionSkew"]
+    verified = next(c for c in get(devstack, namespace, "mp", name)["status"]["conditions"] if c["type"] == "Verified")
+    assert (verified["status"], verified["reason"]) == ("Unknown", "NoReplicas")  # 0 replicas: nothing to ask
 
     # and Prometheus can scrape the decision
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as r:

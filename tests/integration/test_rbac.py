@@ -43,6 +43,7 @@ RESOURCES = (
     ("", "secrets"), ("machinelearning.seldon.io", "seldondeployments"),
     ("machinelearning.seldon.io", "seldondeployments/status"), ("", "events"),
     ("events.k8s.io", "events"), ("", "configmaps"), ("", "pods"), ("", "namespaces"),
+    ("apps", "deployments"), ("apps", "replicasets"), ("discovery.k8s.io", "endpointslices"), ("", "services"),
     ("apiextensions.k8s.io", "customresourcedefinitions"), ("coordination.k8s.io", "leases"),
 )
 SCOPE = "rbac"
@@ -155,11 +156,13 @@ def _work(devstack: stack.State, ns: str, run_id: str, operator: Operator) -> tu
     gates = [{"metric": "rmse", "op": "LessThanOrEqual", "threshold": 80},
              {"metric": "r2", "op": "GreaterThan", "threshold": 0.3}]
 
-    def promotion(name: str) -> dict[str, Any]:
-        return harness.promotion(name, run_id, gates, deployment="served", scope=SCOPE)
+    def promotion(name: str, replicas: int = 0) -> dict[str, Any]:
+        return harness.promotion(name, run_id, gates, deployment="served", scope=SCOPE, replicas=replicas)
 
-    apply(devstack, ns, promotion("first"))
-    wait_for(devstack, ns, "first", phase_in("Promoted", "Rejected", "Failed"), timeout=90)
+    # served by a Pod of MLServer: the rollout check lists the Deployment, its Pods and the
+    # Service's EndpointSlices, and the smoke test reaches the Pod
+    apply(devstack, ns, promotion("first", replicas=1))
+    wait_for(devstack, ns, "first", phase_in("Promoted", "Rejected", "Failed"), timeout=180)
 
     # someone edits both children; the drift sweep puts them back with patches
     devstack.kubectl("-n", ns, "patch", "seldondeployment", "served", "--type=json", "-p",

@@ -210,7 +210,7 @@ def prestarted(devstack: stack.State, crd: None, room_on_the_node: None, good_mo
 
 
 def _promote_and_roll_out(devstack: stack.State, ns: str, name: str, run_id: str) -> str:
-    apply(devstack, ns, promotion(name, run_id, deployment="rf"))
+    apply(devstack, ns, promotion(name, run_id, deployment="rf", replicas=1))
     mp = wait_for(devstack, ns, name, phase_in("Promoted", "Rejected", "Failed"), timeout=120)
     assert mp["status"]["phase"] == "Promoted", mp["status"].get("message")
     deployment = predict.deployment_of(devstack, ns, "rf")
@@ -297,7 +297,7 @@ def test_a_second_promotion_rolls_out_new_pod_ready_before_old_one_stops_and_no_
     loader = threading.Thread(target=load, daemon=True)
     loader.start()
     try:
-        apply(devstack, ns, promotion("second", second_run, deployment="rf"))
+        apply(devstack, ns, promotion("second", second_run, deployment="rf", replicas=1))
         eventually(watch, 180, "the rollout to a new Pod, the old one gone", every=0.2)
         time.sleep(2)
     finally:

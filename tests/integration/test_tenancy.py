@@ -313,7 +313,7 @@ def test_a_platform_seldondeployment_is_not_patched_until_its_owner_hands_it_ove
     assert as_written(get(devstack, tenant.namespace, "seldondeployment", "platform")) == before
     devstack.kubectl("-n", tenant.namespace, "annotate", "seldondeployment", "platform", "mlops.dev/adopt=true")
     obj = promotion("grab", runs["mlflow2"], deployment="platform")
-    obj["spec"]["target"]["seldonDeployment"]["replicas"] = 2  # a new generation tries again
+    obj["spec"]["gates"][0]["threshold"] = 71  # a new generation tries again
     tenant.apply(devstack, obj)
     mp = wait_for(devstack, tenant.namespace, "grab", phase_in("Promoted"))
     sdep = get(devstack, tenant.namespace, "seldondeployment", "platform")

@@ -257,6 +257,12 @@ class FakeStore:
 # --- the API server ---------------------------------------------------------------------------
 
 SECRET, SELDON, PROMOTION = "secrets", "seldondeployments", "modelpromotions"
+DEPLOYMENTS, PODS, SLICES = "deployments", "pods", "endpointslices"
+
+
+def _matches(obj: Mapping[str, Any], selector: str) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, _, v in (term.partition("=") for term in selector.split(",") if term))
 
 
 class FakeKube:
@@ -350,6 +356,11 @@ class FakeKube:
         if obj is not None:
             obj["status"] = merge_patch(obj.get("status") or {}, dict(status))
 
+    def list_objects(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        self._request("list", kind, "")
+        return [copy.deepcopy(o) for (r, ns, _), o in sorted(self.objects.items())
+                if r == kind and ns == namespace and _matches(o, selector)]
+
     def post_event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
                    action: str = "Reconcile") -> None:
         self._request("create", "events", "")
@@ -420,9 +431,24 @@ class World:
     def status(self, name: str) -> dict[str, Any]:
         return dict(self.body(name).get("status") or {})
 
-    def reconcile(self, name: str, waited: float = 0.0) -> Outcome:
+    def reconcile(self, name: str, waited: float = 0.0, roll_out: bool = True) -> Outcome:
         """One handler call as kopf makes it: the outcome's status patched, its Events posted;
-        the retry or rejection is returned for the test to look at."""
+        the retry or rejection is returned for the test to look at. With ``roll_out``, a
+        rollout the handler starts is then rolled out (:meth:`roll_out`) and looked at until it
+        has a verdict, as the operator's tracker does; the outcome returned holds every look's
+        Events and the last one's status, retry and rejection."""
+        outcome = self.look(name, waited)
+        events = list(outcome.events)
+        for _ in range(10):
+            if outcome.watch is None or not roll_out:
+                break
+            self.roll_out(self.body(name)["spec"]["target"]["seldonDeployment"]["name"])
+            outcome = self.look(name)
+            events += outcome.events
+        return Outcome(outcome.status, events, outcome.retry, outcome.rejected, outcome.watch)
+
+    def look(self, name: str, waited: float = 0.0) -> Outcome:
+        """One reconcile of the promotion as stored: status patched, Events posted."""
         from promoter import promotion
 
         body = self.body(name)
@@ -432,6 +458,33 @@ class World:
         for event in outcome.events:
             self.kube.post_event(body, event.type, event.reason, event.message, event.action)
         return outcome
+
+    def roll_out(self, deployment: str = "sd", ready: bool = True, pod: dict[str, Any] | None = None) -> None:
+        """What Seldon's controller and Kubernetes' would make of the SeldonDeployment now: its
+        predictor's Deployment loading the SeldonDeployment's modelUri, rolled out (``ready``) or
+        not, with one Pod (``pod``: its status) per replica; no input example unless the test
+        put one, so the smoke test has nothing to send."""
+        sd = self.kube.obj(SELDON, self.namespace, deployment)
+        assert sd is not None, deployment
+        predictor = sd["spec"]["predictors"][0]
+        uri, replicas = predictor["graph"]["modelUri"], int(predictor.get("replicas", 1))
+        labels = {"seldon-deployment-id": deployment, "seldon-app": f"{deployment}-{predictor['name']}"}
+        template = {"initContainers": [{"name": "model-model-initializer", "args": [uri, "/mnt/models"]}],
+                    "containers": [{"name": "model"}]}
+        name = f"{deployment}-{predictor['name']}-0-model"
+        old = self.kube.obj(DEPLOYMENTS, self.namespace, name)
+        generation = (old or {}).get("metadata", {}).get("generation", 0) + 1
+        counts = ({"updatedReplicas": replicas, "replicas": replicas, "availableReplicas": replicas} if ready
+                  else {"updatedReplicas": replicas, "replicas": replicas + 1, "availableReplicas": 1})
+        self.kube.put(DEPLOYMENTS, self.namespace, name, {
+            "metadata": {"labels": labels, "generation": generation},
+            "spec": {"replicas": replicas, "template": {"spec": template}},
+            "status": {"observedGeneration": generation, **counts}})
+        for i in range(replicas):
+            self.kube.put(PODS, self.namespace, f"{name}-{i}", {
+                "metadata": {"labels": labels}, "spec": template,
+                "status": pod or {"phase": "Running", "containerStatuses": [{"name": "model", "ready": ready,
+                                                                              "restartCount": 0}]}})
 
     def sweep(self) -> int:
         from promoter import drift

@@ -210,6 +210,7 @@ def test_cel_rules_guard_what_spans_fields(schema: dict[str, Any]) -> None:
         ],
         ".spec.gates[].minAbsoluteChange": ["minAbsoluteChange must be greater than 0"],
         ".spec.registry.alias": reserved,
+        ".spec.rollout.timeout": ["rollout.timeout must be between 10s and 24h"],
         ".spec.source": ["source needs exactly one of runId or registeredModel"],
         ".spec.source.registeredModel": ["registeredModel needs exactly one of version or alias"],
         ".spec.source.registeredModel.alias": reserved,

@@ -31,7 +31,9 @@ def test_a_passing_run_is_copied_deployed_and_promoted_with_one_event(world: Wor
     assert st["message"] == f"promoted: rmse 0.5 < 1; sd now serves run {RUN_A}"
     assert {c["type"]: c["status"] for c in st["conditions"]} == {
         "GatesPassed": "True", "ArtifactCopied": "True", "Deployed": "True", "Ready": "True",
-        "Reconciling": "False", "Stalled": "False", "VersionsMatch": "True"}
+        "Reconciling": "False", "Stalled": "False", "VersionsMatch": "True", "Verified": "Unknown"}
+    assert condition(st, "Verified")["reason"] == "NoInputExample"  # the fake model has none
+    assert st["rollout"]["state"] == "Done" and st["rollout"]["deployment"] == "sd-default-0-model"
     assert st["artifact"]["files"] == 2 and st["artifact"]["digest"].startswith("sha256:")
     assert sorted(world.s3.buckets["models"]) == [f"ns/rf/{RUN_A}/MLmodel", f"ns/rf/{RUN_A}/model.pkl",
                                                   f"ns/rf/{RUN_A}/promotion-manifest.json"]
@@ -39,17 +41,20 @@ def test_a_passing_run_is_copied_deployed_and_promoted_with_one_event(world: Wor
     assert sd is not None and sd["spec"]["predictors"][0]["graph"]["modelUri"] == MODEL_URI_A
     assert world.served_by() == "p1"
     assert world.kube.obj(SECRET, "ns", "seldon-rclone-secret") is not None
-    assert world.events("p1") == [("Normal", "Promoted")]
+    assert world.events("p1") == [("Normal", "Deploying"), ("Normal", "Promoted")]
     assert world.counter("modelpromotion_outcomes_total", outcome="Promoted") == 1
 
 
-def test_the_promoted_status_is_written_before_the_handler_returns(world: World) -> None:
+def test_the_deploying_status_is_written_before_the_handler_returns(world: World) -> None:
     world.apply("p1", RUN_A)
     from promoter import promotion
 
     outcome = promotion.reconcile(world.ctx, world.body("p1"), 0.0)
     assert outcome.status == {}  # nothing left for kopf's patch: ownership wrote it under the lock
-    assert world.status("p1")["phase"] == "Promoted"
+    assert outcome.watch == 0.5  # the tracker looks at the rollout in half a second
+    st = world.status("p1")
+    assert st["phase"] == "Deploying" and condition(st, "Deployed")["reason"] == "RollingOut"
+    assert world.served_by() == "p1"
 
 
 def test_a_failed_gate_is_rejected_once_and_touches_nothing(world: World) -> None:
@@ -180,7 +185,7 @@ def test_a_new_generation_starts_over_and_serves_the_new_run(world: World) -> No
     st = world.status("p1")
     assert st["phase"] == "Promoted" and st["observedGeneration"] == 2 and st["runId"] == RUN_B
     assert world.kube.obj(SELDON, "ns", "sd")["spec"]["predictors"][0]["graph"]["modelUri"].endswith(RUN_B)
-    assert world.events("p1") == [("Normal", "Promoted"), ("Normal", "Promoted")]
+    assert world.events("p1") == [("Normal", "Deploying"), ("Normal", "Promoted")] * 2
 
 
 def test_a_new_generation_that_fails_its_gate_leaves_the_deployment_as_it_was(world: World) -> None:
@@ -204,8 +209,8 @@ def test_a_later_promotion_takes_the_deployment_and_the_earlier_one_is_supersede
     assert condition(p1, "Ready")["reason"] == "Superseded" and condition(p1, "GatesPassed")["status"] == "True"
     # no read of p1: its status was the one this process wrote
     assert ("get", PROMOTION, "p1") not in world.kube.requests[before:]
-    assert [e["message"] for e in world.kube.events if e["name"] == "p2"][-1].endswith(
-        "(taken over from ModelPromotion p1)")
+    assert f"sd now serves run {RUN_B} (taken over from ModelPromotion p1); verified: " in [
+        e["message"] for e in world.kube.events if e["name"] == "p2"][-1]
 
 
 def test_after_a_restart_the_previous_promotion_is_read_once_then_marked_superseded(world: World) -> None:
@@ -383,8 +388,9 @@ def test_a_better_challenger_is_promoted_and_the_champion_superseded(world: Worl
     assert st["gates"][0]["passed"] and st["gates"][0]["baselineRunId"] == RUN_A
     assert st["message"].startswith(f"promoted: rmse 0.45 < 0.49 (2% better than serving run {RUN_A} at 0.5)")
     assert world.status("champion")["phase"] == "Superseded"
-    # the baseline costs one read of the deployment; take reads it again to write it
-    assert world.kube.requests[before:].count(("get", SELDON, "sd")) == 2
+    # the baseline costs one read of the deployment; take reads it again to write it; the look at
+    # the rollout reads it, and the verification once more to clear mlops.dev/rollback-to
+    assert world.kube.requests[before:].count(("get", SELDON, "sd")) == 4
 
 
 @pytest.mark.parametrize(("when", "phase"), [(None, "Promoted"), ("Pass", "Promoted"), ("Fail", "Rejected")])
@@ -525,7 +531,8 @@ def test_a_promoted_run_is_registered_aliased_and_tagged(world: World) -> None:
     recorded = condition(st, "Recorded")
     assert (recorded["status"], recorded["reason"], recorded["observedGeneration"]) == ("True", "Recorded", 1)
     assert recorded["message"].startswith("registered model 'rf' version 1 (registered from run")
-    assert world.events("p1") == [("Normal", "Promoted")]  # the condition says it: no Event of its own
+    # the condition says it: no Event of its own
+    assert world.events("p1") == [("Normal", "Deploying"), ("Normal", "Promoted")]
 
 
 def test_the_next_champion_takes_the_alias_and_the_serving_tag(world: World) -> None:
@@ -615,7 +622,7 @@ def test_mlflow_down_during_the_write_back_keeps_serving_and_records_once_back(w
     recorded, ready = condition(st, "Recorded"), condition(st, "Ready")
     assert (recorded["status"], recorded["reason"]) == ("False", "MlflowUnavailable")
     assert "cannot reach MLflow" in recorded["message"] and ready["status"] == "True"
-    assert world.events("p1") == [("Normal", "Promoted"), ("Warning", "NotRecorded")]
+    assert world.events("p1") == [("Normal", "Deploying"), ("Normal", "Promoted"), ("Warning", "NotRecorded")]
     world.reconcile("p1")  # kopf's retry: still down, the same problem is not announced again
     assert world.events("p1").count(("Warning", "NotRecorded")) == 1
     world.mlflow.writes_down = False
@@ -673,7 +680,7 @@ def test_a_model_from_a_newer_scikit_learn_is_promoted_with_a_warning_naming_bot
     assert versions["message"].startswith(
         "the model was saved with scikit-learn 1.9.1 and Python 3.11.2; seldonio/mlserver:1.7.1-sklearn "
         "(SKLEARN_SERVER, protocol v2) has scikit-learn 1.5.2 and Python 3.10")
-    assert world.events("p1") == [("Warning", "VersionSkew"), ("Normal", "Promoted")]
+    assert world.events("p1") == [("Warning", "VersionSkew"), ("Normal", "Deploying"), ("Normal", "Promoted")]
 
 
 def test_a_skewed_model_is_rejected_under_strict_before_a_byte_is_copied(world: World) -> None:
