@@ -76,14 +76,15 @@ def _verify_and_restore(ctx: Context, ref: Ref, spec: ModelPromotionSpec, servin
                         deployment: Check) -> bool:
     """The copy still matches its manifest; the children say what this promotion wrote (put
     back when deleted or edited). True when a child was written."""
-    result = verified_copy(ctx, ref.namespace, spec, serving)
-    endpoint, keys = _target(ctx, ref.namespace, spec)
+    endpoint, keys = target(ctx, ref.namespace, spec)
+    result = verified_copy(ctx, ctx.store(endpoint, *keys), serving)
     wrote_secret = children.rclone_secret(ctx, ref, spec, endpoint, keys)
     wrote_deployment, _ = deployment.restore(ref.name, children.deployment(ref, spec, serving, result.digest, run_id))
     return wrote_secret or wrote_deployment
 
 
-def _target(ctx: Context, namespace: str, spec: ModelPromotionSpec) -> tuple[str, credentials.Keys]:
+def target(ctx: Context, namespace: str, spec: ModelPromotionSpec) -> tuple[str, credentials.Keys]:
+    """The spec's storage endpoint (after the allowlist check) and its keys."""
     storage = spec.target.storage
     endpoint = policy.storage_endpoint(storage.endpoint, getattr(storage.credentials_secret_ref, "name", None),
                                        ctx.settings)
@@ -92,16 +93,15 @@ def _target(ctx: Context, namespace: str, spec: ModelPromotionSpec) -> tuple[str
 
 def target_store(ctx: Context, namespace: str, spec: ModelPromotionSpec) -> ObjectStore:
     """The store the spec's copies are in, with the spec's keys (after the allowlist check)."""
-    endpoint, keys = _target(ctx, namespace, spec)
+    endpoint, keys = target(ctx, namespace, spec)
     return ctx.store(endpoint, *keys)
 
 
-def verified_copy(ctx: Context, namespace: str, spec: ModelPromotionSpec, uri: str,
-                  digest: str | None = None) -> CopyResult:
-    """The copy at ``uri`` still matches its manifest (and the manifest is ``digest``, when
-    given); ArtifactTampered otherwise."""
+def verified_copy(ctx: Context, store: ObjectStore, uri: str, digest: str | None = None) -> CopyResult:
+    """The copy at ``uri`` in ``store`` still matches its manifest (and the manifest is
+    ``digest``, when given); ArtifactTampered otherwise."""
     bucket, prefix = parse_s3_uri(uri)
-    copier = Copier(target_store(ctx, namespace, spec), bucket, prefix, ctx.settings.copy_concurrency)
+    copier = Copier(store, bucket, prefix, ctx.settings.copy_concurrency)
     result = copier.existing()
     if result is None:
         raise ArtifactTampered(copier.uri, "the manifest is gone")
@@ -110,4 +110,4 @@ def verified_copy(ctx: Context, namespace: str, spec: ModelPromotionSpec, uri: s
     return result
 
 
-__all__ = ["check", "target_store", "verified_copy"]
+__all__ = ["check", "target", "target_store", "verified_copy"]

@@ -214,11 +214,9 @@ def restore(ctx: Context, body: Mapping[str, Any]) -> Outcome:
                                              "RestoreIgnored", f"{RESTORE_ANNOTATION}={value}: {why}", "Restore")])
     try:
         spec = parse_spec(body.get("spec") or {})
-        copy = check.verified_copy(ctx, ref.namespace, spec, draft.model.model_uri, draft.model.artifact.digest)
-        storage = spec.target.storage
-        endpoint = policy.storage_endpoint(storage.endpoint, getattr(storage.credentials_secret_ref, "name", None),
-                                           ctx.settings)
-        children.rclone_secret(ctx, ref, spec, endpoint, credentials.storage_keys(ctx, ref.namespace, spec))
+        endpoint, keys = check.target(ctx, ref.namespace, spec)
+        copy = check.verified_copy(ctx, ctx.store(endpoint, *keys), draft.model.model_uri, draft.model.artifact.digest)
+        children.rclone_secret(ctx, ref, spec, endpoint, keys)
     except (Rejected, Waiting) as e:
         message = f"{RESTORE_ANNOTATION}={value}: not restored: {e.message}"
         return Outcome(draft.patch(), [Event("Warning", "RestoreRefused", clip(message), "Restore")])

@@ -401,7 +401,8 @@ def _previous(ctx: Context, namespace: str, name: str) -> _Previous:
     if prev.model.phase is not Phase.PROMOTED or not prev.model.model_uri or prev.model.artifact is None:
         raise _Refused(f"it is {prev.model.phase.value}, not Promoted")
     spec = parse_spec(body.get("spec") or {})
-    check.verified_copy(ctx, namespace, spec, prev.model.model_uri, prev.model.artifact.digest)
+    check.verified_copy(ctx, check.target_store(ctx, namespace, spec), prev.model.model_uri,
+                        prev.model.artifact.digest)
     return _Previous(name, prev.model.model_uri, _desired(Ref.of(body), spec, prev))
 
 

@@ -279,6 +279,10 @@ def test_a_check_with_nothing_changed_writes_nothing_and_posts_nothing(world: Wo
     assert world.sweep() == 1
     assert [r for r in world.kube.requests[requests:] if r[0] != "get" and r[0] != "list"] == []
     assert len(world.kube.events) == events
+    # each check (the resume, then the sweep) reads the storage Secret once, the rclone Secret once
+    secrets = [r for r in world.kube.requests[requests:] if r[1] == SECRET]
+    storage = world.settings.storage_secret
+    assert secrets == [("get", SECRET, storage), ("get", SECRET, "seldon-rclone-secret")] * 2
 
 
 def test_a_deleted_deployment_or_secret_is_restored_by_the_sweep(world: World) -> None:
