@@ -80,7 +80,7 @@ class Observed:
     detail: str  # what is waited for, what was found, or why it failed
     deployment: str | None = None
     failed: bool = False
-    evidence: Evidence | None = None
+    evidence: Evidence | None = None  # why it failed; while under way, the first new container not ready
     replicas: int = 0
     pods: tuple[str, ...] = ()  # the new Pods (their storage initializer loads model_uri)
 
@@ -163,6 +163,8 @@ def observe(deployments: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str
     replicas = int(spec.get("replicas", 1))
 
     def seen(done: bool, detail: str, **more: Any) -> Observed:
+        if not done and "evidence" not in more:  # what a rollout that runs out of time reports
+            more["evidence"] = _any_evidence(pods, model_uri)
         return Observed(done, detail, name, replicas=replicas, pods=new, **more)
 
     if int(st.get("observedGeneration") or 0) < int(dep["metadata"].get("generation") or 0):
@@ -227,10 +229,9 @@ def advance(ctx: Context, body: Mapping[str, Any], spec: ModelPromotionSpec, dra
                      observed.evidence)
     if not observed.done:
         if elapsed > spec.rollout.timeout_seconds:
-            pods = ctx.kube.list_objects("pods", ref.namespace, selector(target.name, target.predictor_name))
             return _fail(ctx, body, spec, draft, r, ROLLOUT_FAILED,
                          f"not rolled out within rollout.timeout {spec.rollout.timeout}: {observed.detail}",
-                         _any_evidence(pods, uri))
+                         observed.evidence)
         draft.condition("Deployed", "Unknown", "RollingOut", observed.detail)
         return Outcome(draft.patch(), watch=delay(elapsed))
     draft.condition("Deployed", "True", "RolledOut", observed.detail)

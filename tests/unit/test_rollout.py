@@ -212,9 +212,13 @@ def test_a_rollout_that_never_finishes_fails_at_its_timeout(world: World) -> Non
     obj = world.kube.obj(PROMOTION, "ns", "p2")
     obj["status"]["rollout"]["started"] = time.time() - 11  # rollout.timeout 10s has passed
     obj["spec"]["rollout"] = {"timeout": "10s"}
+    before = len(world.kube.requests)
     world.look("p2")
+    assert world.kube.requests[before:].count(("list", PODS, "")) == 1  # the evidence is from the look's own list
     p2 = world.status("p2")
     assert p2["rollout"]["state"] == "RollingBack" and condition(p2, "Deployed")["reason"] == "RolloutFailed"
+    assert (p2["rollout"]["evidence"]["pod"], p2["rollout"]["evidence"]["container"]) == ("sd-default-0-model-0",
+                                                                                         "model")
     assert p2["message"].startswith("not rolled out within rollout.timeout 10s: Deployment sd-default-0-model: "
                                     "1 old replicas pending termination")
 
