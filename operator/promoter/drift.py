@@ -48,8 +48,15 @@ def report(ctx: Context, body: Mapping[str, Any], outcome: Outcome) -> None:
     meta = body.get("metadata") or {}
     if outcome.status:
         ctx.kube.patch_status(str(meta.get("namespace")), str(meta.get("name")), outcome.status)
+    posted(ctx, body, outcome)
+
+
+def posted(ctx: Context, body: Mapping[str, Any], outcome: Outcome) -> Outcome:
+    """Post the outcome's Events about the promotion ``body`` (a failed one is logged, never
+    raised: kube.post_event); returns the outcome."""
     for event in outcome.events:
         ctx.kube.post_event(body, event.type, event.reason, event.message, event.action)
+    return outcome
 
 
-__all__ = ["checked", "report", "sweep"]
+__all__ = ["checked", "posted", "report", "sweep"]

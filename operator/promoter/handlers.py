@@ -143,19 +143,15 @@ def _apply(memo: kopf.Memo, body: kopf.Body, patch: kopf.Patch, retry: int, outc
 
 
 def _restore(ctx: Context, body: Mapping[str, Any]) -> Outcome:
-    outcome = promotion.restore(ctx, body)
-    for event in outcome.events:
-        ctx.kube.post_event(body, event.type, event.reason, event.message, event.action)
-    return outcome
+    """In a worker thread: a restore request, and its Events."""
+    return drift.posted(ctx, body, promotion.restore(ctx, body))
 
 
 def _reconcile(ctx: Context, body: Mapping[str, Any], waited: float) -> Outcome:
     """In a worker thread: the reconcile, and its Events."""
     with ctx.metrics.reconcile_seconds.time():
         outcome = promotion.reconcile(ctx, body, waited)
-    for event in outcome.events:
-        ctx.kube.post_event(body, event.type, event.reason, event.message, event.action)
-    return outcome
+    return drift.posted(ctx, body, outcome)
 
 
 async def _sweep_forever(ctx: Context, decided: kopf.Index[str | None, str]) -> None:
