@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from concurrent.futures import Executor
 
 from . import drift, promotion
@@ -27,10 +26,8 @@ ON_ERROR = 5.0  # seconds before looking again after a look that raised
 
 
 class Rollouts:
-    def __init__(self, ctx: Context, pool: Executor, lanes: Lanes,
-                 look: Callable[[Context, str, str], Outcome | None] | None = None) -> None:
+    def __init__(self, ctx: Context, pool: Executor, lanes: Lanes) -> None:
         self.ctx, self.pool, self.lanes = ctx, pool, lanes
-        self._look = look or _look
         self._due: dict[tuple[str, str], float] = {}
         self._busy: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
@@ -41,9 +38,6 @@ class Rollouts:
         key = (namespace, name)
         self._due[key] = min(when, self._due.get(key, when))
         self._wake.set()
-
-    def __len__(self) -> int:
-        return len(self._due) + len(self._busy)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -66,7 +60,7 @@ class Rollouts:
         again: float | None = None
         try:
             async with self.lanes.lane(namespace):
-                outcome = await asyncio.get_running_loop().run_in_executor(self.pool, self._look, self.ctx,
+                outcome = await asyncio.get_running_loop().run_in_executor(self.pool, _look, self.ctx,
                                                                            namespace, name)
             if outcome is not None:
                 again = outcome.watch if outcome.watch is not None else (
