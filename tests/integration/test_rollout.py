@@ -67,8 +67,7 @@ def answers(devstack: stack.State, ns: str) -> list[float]:
     """What SeldonDeployment rf answers for the example, through its Service."""
     sdep = get(devstack, ns, "seldondeployment", "rf")
     assert sdep is not None
-    request = {"inputs": [{"name": "input-0", "shape": [3, 1], "datatype": "FP64", "data": XS}]}
-    return predict.infer(predict.infer_url(sdep), request)
+    return predict.infer(predict.infer_url(sdep), predict.v2_request({"inputs": [[x] for x in XS]}))
 
 
 def serves(devstack: stack.State, ns: str) -> tuple[str, str]:
