@@ -151,14 +151,19 @@ def _attribute(key: str) -> str:
 def rejected(draft: Draft, e: Rejected) -> Phase:
     """Rejected (Failed for a copy that no longer matches its manifest); returns the phase."""
     phase = Phase.FAILED if isinstance(e, ArtifactTampered) else Phase.REJECTED
+    _stalled(draft, phase, e.reason, e.message)
+    return phase
+
+
+def _stalled(draft: Draft, phase: Phase, reason: str, message: str) -> None:
+    """A decided generation that is not retried: Ready=False, Stalled=True with the reason."""
     draft.model.phase = phase
-    draft.say(e.message)
+    draft.say(message)
     draft.model.observed_generation = draft.generation
     draft.unset("progress")
-    draft.condition("Ready", "False", e.reason, e.message)
-    draft.condition("Reconciling", "False", e.reason)
-    draft.condition("Stalled", "True", e.reason, e.message)
-    return phase
+    draft.condition("Ready", "False", reason, message)
+    draft.condition("Reconciling", "False", reason)
+    draft.condition("Stalled", "True", reason, message)
 
 
 def waiting(draft: Draft, e: Waiting) -> bool:
@@ -198,12 +203,7 @@ def promoted(draft: Draft, message: str, deployed: str) -> None:
 
 def failed(draft: Draft, reason: str, message: str) -> None:
     """The rollout or the smoke test failed; ``message`` says what the deployment serves now."""
-    draft.model.phase = Phase.FAILED
-    draft.say(message)
-    draft.model.observed_generation = draft.generation
-    draft.condition("Ready", "False", reason, message)
-    draft.condition("Reconciling", "False", reason)
-    draft.condition("Stalled", "True", reason, message)
+    _stalled(draft, Phase.FAILED, reason, message)
 
 
 def rolling_back(draft: Draft, reason: str, message: str) -> None:
