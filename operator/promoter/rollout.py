@@ -363,8 +363,6 @@ def _fail(ctx: Context, body: Mapping[str, Any], spec: ModelPromotionSpec, draft
     target = spec.target.seldon_deployment.name
     r.failure, r.failure_message, r.evidence = reason, clip(message, 768), evidence
     draft.condition("Verified" if reason == SMOKE_TEST_FAILED else "Deployed", "False", reason, message)
-    if reason == SMOKE_TEST_FAILED:
-        draft.condition("Deployed", "True", "RolledOut", "every replica updated and available")
     if spec.rollout.rollback is Rollback.NONE:
         return _failed(ctx, draft, r, f"{message}; rollout.rollback is None: SeldonDeployment {target} is left as it "
                        "is, set to this model")
