@@ -335,6 +335,7 @@ def test_a_model_answering_the_wrong_shape_fails_its_smoke_test_and_is_rolled_ba
     p2 = world.status("p2")
     assert p2["rollout"]["state"] == RolloutState.ROLLING_BACK.value and uri_served(world) == URI_A
     assert condition(p2, "Verified")["status"] == "False" and condition(p2, "Verified")["reason"] == "SmokeTestFailed"
+    assert condition(p2, "Deployed")["reason"] == "RolledOut"  # it rolled out: the model answered wrongly
     assert "output 'predict' holds 4 values for 2 example rows" in p2["message"]
     world.roll_out()
     world.look("p2")
